@@ -1,0 +1,1 @@
+"""Long documents in -> short-to-long preference pairs out."""

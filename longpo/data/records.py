@@ -1,0 +1,248 @@
+"""The preference record: one long document, n >= 1 turns, optional reference log-probs.
+
+One record per JSON line (or Parquet row); `longpo generate` writes them, `longpo reference`
+fills the reference fields, `longpo train` reads them:
+
+    {
+      "id": "doc-00017",                 # stable, unique; used for dedup and error messages
+      "document": "<the long context C_L>",
+      "turns": [                         # n >= 1; turn i is asked after turns < i of its own branch
+        {
+          "question": "According to the passage above, ...",
+          "chunk": "<the short context C_S of this turn, a substring of the document>",
+          "chosen": "<answer given only the chunk: y_w>",
+          "rejected": "<answer given the whole document: y_l>",
+          "ref_chosen_logp": -41.2,      # optional: log pi_S(chosen | [chunk; question]), summed
+          "ref_rejected_logp": -57.9     # optional: log pi_S(rejected | [chunk; question]), summed
+        }
+      ],
+      "meta": {...}                      # optional, free-form (source, lengths, generator)
+    }
+
+Prompts: the first user message is `user_content(document, question_1)`; later turns carry only
+their question. The short (reference) prompt of turn i is `user_content(chunk_i, question_i)`
+alone, without earlier turns. Labels cover assistant tokens only, found by rendering the model's
+own chat template turn by turn (no `{% generation %}` markers needed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REQUIRED_TURN_FIELDS = ("question", "chunk", "chosen", "rejected")
+REF_FIELDS = ("ref_chosen_logp", "ref_rejected_logp")
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; the message names the file, record and field."""
+
+
+def user_content(context: str, question: str) -> str:
+    """The user message that puts a question after its context (long document or short chunk)."""
+    return f"{context}\n\n{question}"
+
+
+def conversation(context: str, turns: list[dict], branch: str) -> list[dict]:
+    """Chat messages of one branch ("chosen" or "rejected") of a multi-turn record over `context`."""
+    messages = []
+    for i, turn in enumerate(turns):
+        content = user_content(context, turn["question"]) if i == 0 else turn["question"]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": turn[branch]})
+    return messages
+
+
+def validate_record(record: Any, where: str, require_reference: bool = False) -> dict:
+    """Check one record's shape and values; raise `RecordError` naming `where` and the field."""
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    rid = record.get("id")
+    label = f"{where} (id={rid!r})" if rid is not None else where
+    if not isinstance(rid, str) or not rid:
+        raise RecordError(f"{label}: field 'id' must be a non-empty string")
+    if not isinstance(record.get("document"), str) or not record["document"]:
+        raise RecordError(f"{label}: field 'document' must be a non-empty string")
+    turns = record.get("turns")
+    if not isinstance(turns, list) or not turns:
+        raise RecordError(f"{label}: field 'turns' must be a non-empty list")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RecordError(f"{label}: field 'turns[{i}]' must be an object")
+        for key in REQUIRED_TURN_FIELDS:
+            value = turn.get(key)
+            if not isinstance(value, str):
+                raise RecordError(f"{label}: field 'turns[{i}].{key}' is missing or not a string")
+            if not value.strip():
+                raise RecordError(f"{label}: field 'turns[{i}].{key}' is empty")
+        for key in REF_FIELDS:
+            value = turn.get(key)
+            if value is None:
+                if require_reference:
+                    raise RecordError(
+                        f"{label}: field 'turns[{i}].{key}' is missing; run `longpo reference` on this "
+                        f"file first, or train with a loss that needs no reference (loss=sft)"
+                    )
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise RecordError(f"{label}: field 'turns[{i}].{key}' must be a finite number, got {value!r}")
+    return record
+
+
+def has_reference(record: dict) -> bool:
+    return all(turn.get(k) is not None for turn in record["turns"] for k in REF_FIELDS)
+
+
+def read_records(path: str | Path, require_reference: bool = False) -> list[dict]:
+    """Read and validate records from a JSONL or Parquet file (or a folder of them) with `datasets`."""
+    import datasets
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+        if not files:
+            raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise RecordError(f"{path}: no such file or folder")
+    records = []
+    for file in files:
+        kind = "parquet" if file.suffix == ".parquet" else "json"
+        if kind == "json":
+            _check_json_lines(file)
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(file), split="train")
+        except Exception as e:  # datasets wraps parser errors in many types
+            raise RecordError(f"{file}: cannot be read as {kind}: {e}") from e
+        for i, row in enumerate(ds):
+            where = f"{file}:{i + 1}" if kind == "json" else f"{file} row {i}"
+            records.append(validate_record(_strip_nulls(row), where, require_reference))
+    _check_unique_ids(records)
+    return records
+
+
+def _check_json_lines(file: Path) -> None:
+    """Name the exact line of a JSON error before `datasets` reports it without one."""
+    from longpo.files import read_jsonl
+
+    for _ in read_jsonl(file):
+        pass
+
+
+def _strip_nulls(row: dict) -> dict:
+    # datasets fills absent nested keys with None when schemas differ between rows.
+    out = dict(row)
+    if out.get("meta") is None:
+        out.pop("meta", None)
+    return out
+
+
+def _check_unique_ids(records: list[dict]) -> None:
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        if rec["id"] in seen:
+            raise RecordError(f"record {i}: id {rec['id']!r} repeats record {seen[rec['id']]}")
+        seen[rec["id"]] = i
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenisation with the model's own chat template
+
+
+@dataclass
+class TokenizedPair:
+    """One record as token ids: the shared long prefix, then each branch after it.
+
+    `chosen_mask` / `rejected_mask` mark response (assistant) tokens inside each branch; the
+    prefix holds no response token. `prefix + chosen` is the long chosen sequence, token for
+    token what the chat template renders for the chosen conversation.
+    """
+
+    id: str
+    prefix: list[int]
+    chosen: list[int]
+    chosen_mask: list[bool]
+    rejected: list[int]
+    rejected_mask: list[bool]
+    ref_chosen_logp: float | None = None
+    ref_rejected_logp: float | None = None
+
+    @property
+    def packed_length(self) -> int:
+        return len(self.prefix) + len(self.chosen) + len(self.rejected)
+
+
+def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """Token ids of a conversation and a mask that is True on assistant-message tokens.
+
+    The assistant span of message k is the text between the template rendered up to k with a
+    generation prompt and the template rendered through k. A token is a response token when its
+    first character lies in such a span (the turn's end-of-turn token included).
+    """
+    text = render(tokenizer, messages)
+    spans = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:k], add_generation_prompt=True)
+        through = render(tokenizer, messages[: k + 1])
+        if not text.startswith(through) or not through.startswith(before):
+            raise RecordError(
+                "the chat template does not render conversations as growing prefixes; "
+                "cannot locate assistant tokens (is it a template that rewrites earlier turns?)"
+            )
+        spans.append((len(before), len(through)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    mask = []
+    for start, end in enc["offset_mapping"]:
+        mask.append(any(a <= start < b for a, b in spans) and end > start)
+    return ids, mask
+
+
+def tokenize_short(tokenizer: Any, chunk: str, question: str, answer: str) -> tuple[list[int], list[bool]]:
+    """The short (reference) sequence [chunk; question] -> answer of one turn."""
+    messages = [{"role": "user", "content": user_content(chunk, question)},
+                {"role": "assistant", "content": answer}]
+    return tokenize_conversation(tokenizer, messages)
+
+
+def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
+    """Tokenise both branches of a record and split off their common prefix.
+
+    The prefix ends at the first response token (or earlier, where the two renderings differ),
+    so every response token of both branches lies in its branch.
+    """
+    chosen_ids, chosen_mask = tokenize_conversation(tokenizer, conversation(record["document"], record["turns"], "chosen"))
+    rejected_ids, rejected_mask = tokenize_conversation(
+        tokenizer, conversation(record["document"], record["turns"], "rejected")
+    )
+    limit = min(chosen_mask.index(True) if True in chosen_mask else len(chosen_ids),
+                rejected_mask.index(True) if True in rejected_mask else len(rejected_ids))
+    p = 0
+    while p < limit and chosen_ids[p] == rejected_ids[p]:
+        p += 1
+    if p == 0:
+        raise RecordError(f"record {record['id']!r}: chosen and rejected share no prompt tokens")
+    if not any(chosen_mask[p:]) or not any(rejected_mask[p:]):
+        raise RecordError(f"record {record['id']!r}: an answer tokenises to no response token")
+    turns = record["turns"]
+    ref_c = sum(t["ref_chosen_logp"] for t in turns) if has_reference(record) else None
+    ref_r = sum(t["ref_rejected_logp"] for t in turns) if has_reference(record) else None
+    return TokenizedPair(
+        id=record["id"],
+        prefix=chosen_ids[:p],
+        chosen=chosen_ids[p:],
+        chosen_mask=chosen_mask[p:],
+        rejected=rejected_ids[p:],
+        rejected_mask=rejected_mask[p:],
+        ref_chosen_logp=ref_c,
+        ref_rejected_logp=ref_r,
+    )

@@ -1,0 +1,1 @@
+"""RULER, InfiniteBench and short-context evaluation."""

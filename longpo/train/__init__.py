@@ -1,0 +1,1 @@
+"""The LongPO loss, lean log-probs, shared-prefix packing, sequence parallel and the trainer."""
