@@ -12,7 +12,7 @@ import sys
 
 STAGES = {
     "generate": ("longpo.data.generate", "self-generate short-to-long preference pairs from long documents"),
-    "reference": ("longpo.train.reference", "add short-prompt reference log-probs to preference records"),
+    "reference": ("longpo.data.reference", "add short-prompt reference log-probs to preference records"),
     "train": ("longpo.train.trainer", "train a policy with the LongPO loss (or the SFT / DPO baselines)"),
     "eval": ("longpo.eval.run", "RULER, InfiniteBench and short-context evaluation; `eval compare A B`"),
     "demo": ("longpo.demo", "the built-in tiny end-to-end run (base -> generate -> train -> eval)"),
