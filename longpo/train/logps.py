@@ -1,0 +1,111 @@
+"""Per-token log-probs without full-vocabulary logits, and the pair statistics the loss needs.
+
+`chunked_target_logps` runs the lm_head and log-softmax over `chunk_size` positions at a time,
+each chunk under activation checkpointing: the forward keeps no logits, the backward recomputes
+one chunk's logits at a time. Peak memory is one chunk x vocabulary, whatever the sequence length.
+
+`forward_pairs` is the fast path (shared-prefix packing); `forward_pairs_plain` the plain one
+(two full sequences per pair, full logits) that every parity test and benchmark compares with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from longpo.data.records import TokenizedPair
+from longpo.train.attention import BLOCK_MASK_KWARG, LAYOUT_KWARG, build_block_mask
+from longpo.train.loss import NLL_MODES, PairLogps
+from longpo.train.packing import LogpTargets, PackedBatch
+
+
+@dataclass
+class ForwardOutput:
+    policy: PairLogps  # (P,) summed response log-probs on the long sequences
+    nll_sum: torch.Tensor  # scalar: -sum of log-probs over NLL tokens
+    nll_tokens: int
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits to float32 for the log-softmax; float64 stays float64 (parity tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = _upcast(lm_head(hidden))  # (n, V), one chunk only
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                         chunk_size: int = 1024) -> torch.Tensor:
+    """log softmax(lm_head(hidden))[targets] for (N, D) hidden states, N at a time in chunks; (N,) float32 or wider."""
+    assert hidden.shape[0] == targets.shape[0], f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets"
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros((0,), dtype=torch.float32) + 0 * hidden.sum()
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
+    outs = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if needs_grad:
+            outs.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
+        else:
+            outs.append(_chunk_logps(lm_head, h, t))
+    return torch.cat(outs)
+
+
+def pair_stats(logps: torch.Tensor, targets: LogpTargets, num_pairs: int) -> ForwardOutput:
+    """Sum per-target log-probs (N,) into per-pair chosen / rejected sums and the NLL sum."""
+    resp = targets.slot >= 0
+    sums = logps.new_zeros(2 * num_pairs).index_add(0, targets.slot[resp], logps[resp])
+    return ForwardOutput(
+        policy=PairLogps(chosen=sums[0::2], rejected=sums[1::2]),
+        nll_sum=-(logps * targets.nll).sum(),
+        nll_tokens=int(targets.nll.sum()),
+    )
+
+
+def forward_hidden(model: Any, batch: PackedBatch, attention_backend: str = "sdpa") -> torch.Tensor:
+    """Final hidden states (1, T, D) of the packed row under the shared-prefix layout."""
+    kwargs = {LAYOUT_KWARG: batch.layout}
+    if attention_backend == "flex":
+        kwargs[BLOCK_MASK_KWARG] = build_block_mask(batch.layout, batch.input_ids.device)
+    out = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kwargs)
+    return out.last_hidden_state
+
+
+def forward_pairs(model: Any, batch: PackedBatch, chunk_size: int = 1024, attention_backend: str = "sdpa") -> ForwardOutput:
+    """Fast path: one packed forward, log-probs gathered only where a target needs them, in chunks."""
+    hidden = forward_hidden(model, batch, attention_backend)[0]  # (T, D)
+    selected = hidden.index_select(0, batch.targets.src)  # (N, D)
+    logps = chunked_target_logps(selected, model.get_output_embeddings(), batch.targets.tgt, chunk_size)
+    return pair_stats(logps, batch.targets, batch.num_pairs)
+
+
+def _sequence_logps(model: Any, ids: list[int]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    logits = _upcast(model(input_ids=input_ids, use_cache=False).logits[0, :-1])  # (T-1, V), all of it
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[0, 1:, None]).squeeze(-1)
+
+
+def forward_pairs_plain(model: Any, pairs: list[TokenizedPair], nll_mode: str = "full") -> ForwardOutput:
+    """Plain path: each pair as two full sequences with full-vocabulary logits (for parity and benchmarks)."""
+    assert nll_mode in NLL_MODES, f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}"
+    chosen, rejected, nll_sum, nll_tokens = [], [], 0.0, 0
+    for pair in pairs:
+        p = len(pair.prefix)
+        lc = _sequence_logps(model, pair.prefix + pair.chosen)  # token j+1 predicted at j
+        lr = _sequence_logps(model, pair.prefix + pair.rejected)
+        c_mask = torch.tensor([False] * p + pair.chosen_mask, device=lc.device)[1:]
+        r_mask = torch.tensor([False] * p + pair.rejected_mask, device=lr.device)[1:]
+        chosen.append(lc[c_mask].sum())
+        rejected.append(lr[r_mask].sum())
+        nll_mask = {"full": torch.ones_like(c_mask), "responses": c_mask, "off": torch.zeros_like(c_mask)}[nll_mode]
+        nll_sum = nll_sum - lc[nll_mask].sum()
+        nll_tokens += int(nll_mask.sum())
+    nll_sum = nll_sum if torch.is_tensor(nll_sum) else torch.tensor(nll_sum)
+    return ForwardOutput(policy=PairLogps(torch.stack(chosen), torch.stack(rejected)), nll_sum=nll_sum,
+                         nll_tokens=nll_tokens)

@@ -1,0 +1,162 @@
+"""Shared-prefix packing: the long prompt once, then the chosen and the rejected branch.
+
+One row holds several pairs back to back, each laid out as
+
+    [ prefix (p) | chosen branch (c) | rejected branch (r) ]
+
+Positions of both branches continue from the prefix (p, p+1, ...), and the attention layout
+lets each branch see the prefix and itself only, so the row computes exactly what two separate
+sequences `prefix + chosen` and `prefix + rejected` would, with the prefix paid for once.
+
+Log-probs are gathered at `targets`: entry n says "the hidden state at packed position
+`src[n]` predicts token `tgt[n]`", belonging to response slot `slot[n]` (2*pair for chosen,
+2*pair+1 for rejected, -1 for none) and counted in the NLL when `nll[n]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from longpo.data.records import TokenizedPair
+from longpo.train.loss import NLL_MODES
+
+
+@dataclass(frozen=True)
+class SharedPrefixLayout:
+    """Where each pair sits in a packed row: (offset, prefix_len, chosen_len, rejected_len)."""
+
+    pairs: tuple[tuple[int, int, int, int], ...]
+    total_len: int  # row length, padding included
+
+    def spans(self) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+        """Attention calls: (query start, query end, key ranges); causal aligned to the last key."""
+        out = []
+        for o, p, c, r in self.pairs:
+            prefix = (o, o + p)
+            out.append((o, o + p, (prefix,)))
+            if c:
+                out.append((o + p, o + p + c, (prefix, (o + p, o + p + c))))
+            if r:
+                out.append((o + p + c, o + p + c + r, (prefix, (o + p + c, o + p + c + r))))
+        return out
+
+    def token_ids(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token pair index (-1 on padding) and branch (0 prefix, 1 chosen, 2 rejected)."""
+        pair = torch.full((self.total_len,), -1, dtype=torch.long)
+        branch = torch.zeros((self.total_len,), dtype=torch.long)
+        for i, (o, p, c, r) in enumerate(self.pairs):
+            pair[o : o + p + c + r] = i
+            branch[o + p : o + p + c] = 1
+            branch[o + p + c : o + p + c + r] = 2
+        return pair.to(device), branch.to(device)
+
+    def allowed(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The (T, T) boolean attention mask this layout means (for tests and small inputs only)."""
+        pair, branch = self.token_ids(device)
+        q = torch.arange(self.total_len, device=device)
+        same_pair = (pair[:, None] == pair[None, :]) & (pair[:, None] >= 0)
+        visible = (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
+        mask = same_pair & visible & (q[None, :] <= q[:, None])
+        return mask | torch.eye(self.total_len, dtype=torch.bool, device=device)  # padding sees itself
+
+
+@dataclass
+class LogpTargets:
+    src: torch.Tensor  # (N,) packed position whose hidden state predicts the target
+    tgt: torch.Tensor  # (N,) target token id
+    slot: torch.Tensor  # (N,) 2*pair (chosen) / 2*pair+1 (rejected) for response tokens, else -1
+    nll: torch.Tensor  # (N,) bool, counted in the NLL
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T)
+    layout: SharedPrefixLayout
+    targets: LogpTargets
+    ref_chosen: torch.Tensor | None  # (P,)
+    ref_rejected: torch.Tensor | None  # (P,)
+    num_pairs: int
+    num_nll_tokens: int
+    num_tokens: int  # T without padding
+    ids: tuple[str, ...] = ()
+
+
+def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int], list[int], list[int], list[bool]]:
+    """Targets of one pair at offset o; `slot` here is 0 (chosen) / 1 (rejected) / -1."""
+    p, c = len(pair.prefix), len(pair.chosen)
+    src, tgt, slot, nll = [], [], [], []
+    # The chosen long sequence is contiguous: token j of prefix+chosen sits at o+j.
+    chosen_seq = pair.prefix + pair.chosen
+    is_response = [False] * p + list(pair.chosen_mask)
+    for j in range(1, p + c):
+        in_nll = nll_mode == "full" or (nll_mode == "responses" and is_response[j])
+        if in_nll or is_response[j]:
+            src.append(o + j - 1)
+            tgt.append(chosen_seq[j])
+            slot.append(0 if is_response[j] else -1)
+            nll.append(in_nll)
+    # Rejected: its first token is predicted by the last prefix token, the rest inside the branch.
+    for j, (token, resp) in enumerate(zip(pair.rejected, pair.rejected_mask)):
+        if resp:
+            src.append(o + p - 1 if j == 0 else o + p + c + j - 1)
+            tgt.append(token)
+            slot.append(1)
+            nll.append(False)
+    return src, tgt, slot, nll
+
+
+def pack_pairs(pairs: list[TokenizedPair], nll_mode: str = "full", pad_to_multiple_of: int = 1,
+               pad_token_id: int = 0) -> PackedBatch:
+    """Pack pairs into one row with their layout, positions and log-prob targets."""
+    assert pairs, "pack_pairs needs at least one pair"
+    assert nll_mode in NLL_MODES, f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}"
+    ids, positions, spans = [], [], []
+    src, tgt, slot, nll = [], [], [], []
+    for i, pair in enumerate(pairs):
+        o, p, c, r = len(ids), len(pair.prefix), len(pair.chosen), len(pair.rejected)
+        ids += pair.prefix + pair.chosen + pair.rejected
+        positions += list(range(p)) + list(range(p, p + c)) + list(range(p, p + r))
+        spans.append((o, p, c, r))
+        s, t, sl, n = _pair_targets(pair, o, nll_mode)
+        src += s
+        tgt += t
+        slot += [2 * i + k if k >= 0 else -1 for k in sl]
+        nll += n
+    num_tokens = len(ids)
+    total = -(-num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+    ids += [pad_token_id] * (total - num_tokens)
+    positions += list(range(total - num_tokens))
+    refs = [(p.ref_chosen_logp, p.ref_rejected_logp) for p in pairs]
+    has_ref = all(a is not None and b is not None for a, b in refs)
+    return PackedBatch(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        layout=SharedPrefixLayout(pairs=tuple(spans), total_len=total),
+        targets=LogpTargets(
+            src=torch.tensor(src, dtype=torch.long),
+            tgt=torch.tensor(tgt, dtype=torch.long),
+            slot=torch.tensor(slot, dtype=torch.long),
+            nll=torch.tensor(nll, dtype=torch.bool),
+        ),
+        ref_chosen=torch.tensor([a for a, _ in refs], dtype=torch.float64) if has_ref else None,
+        ref_rejected=torch.tensor([b for _, b in refs], dtype=torch.float64) if has_ref else None,
+        num_pairs=len(pairs),
+        num_nll_tokens=int(sum(nll)),
+        num_tokens=num_tokens,
+        ids=tuple(p.id for p in pairs),
+    )
+
+
+def batch_to(batch: PackedBatch, device: torch.device | str) -> PackedBatch:
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return replace(
+        batch,
+        input_ids=move(batch.input_ids),
+        position_ids=move(batch.position_ids),
+        targets=LogpTargets(*(move(getattr(batch.targets, f)) for f in ("src", "tgt", "slot", "nll"))),
+        ref_chosen=move(batch.ref_chosen),
+        ref_rejected=move(batch.ref_rejected),
+    )
