@@ -39,9 +39,18 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def auto_chunk_size(vocab_size: int) -> int:
+    """Positions per chunk so that one chunk's float32 logits stay near 64 MB (16M entries)."""
+    return max(64, (1 << 24) // max(vocab_size, 1))
+
+
 def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                         chunk_size: int = 1024) -> torch.Tensor:
-    """log softmax(lm_head(hidden))[targets] for (N, D) hidden states, N at a time in chunks; (N,) float32 or wider."""
+                         chunk_size: int | None = None) -> torch.Tensor:
+    """log softmax(lm_head(hidden))[targets] for (N, D) hidden states, in chunks; (N,) float32 or wider.
+
+    `chunk_size=None` picks `auto_chunk_size` of the head's vocabulary.
+    """
+    chunk_size = chunk_size or auto_chunk_size(lm_head.out_features)  # not .weight: ZeRO-3 partitions it
     assert hidden.shape[0] == targets.shape[0], f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets"
     if hidden.shape[0] == 0:
         return hidden.new_zeros((0,), dtype=torch.float32) + 0 * hidden.sum()
@@ -76,7 +85,8 @@ def forward_hidden(model: Any, batch: PackedBatch, attention_backend: str = "sdp
     return out.last_hidden_state
 
 
-def forward_pairs(model: Any, batch: PackedBatch, chunk_size: int = 1024, attention_backend: str = "sdpa") -> ForwardOutput:
+def forward_pairs(model: Any, batch: PackedBatch, chunk_size: int | None = None,
+                  attention_backend: str = "sdpa") -> ForwardOutput:
     """Fast path: one packed forward, log-probs gathered only where a target needs them, in chunks."""
     hidden = forward_hidden(model, batch, attention_backend)[0]  # (T, D)
     selected = hidden.index_select(0, batch.targets.src)  # (N, D)
