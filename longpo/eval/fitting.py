@@ -1,0 +1,106 @@
+"""Prompts measured with the evaluated model's own tokenizer and chat template.
+
+`PromptFormat.render` turns a task's user text and answer prefix into the exact text the backend
+receives (chat template with generation prompt, then the answer prefix); `count` measures it. A
+prompt fits a target length when `count(rendered) + max_new_tokens <= length`.
+
+`fit_size` finds, by binary search, the largest haystack size (sentences, words, documents...) whose
+prompt fits; `truncate_middle` cuts a long context down to a token budget, keeping its two ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+class PromptTooLong(ValueError):
+    """Even the smallest haystack does not fit the target length (or the model cannot hold it)."""
+
+
+class PromptFormat:
+    """Render and count prompts for one tokenizer.
+
+    With `chat_template=True` (default) the user text goes through the tokenizer's chat template
+    with the generation prompt, and the answer prefix (e.g. RULER's "The special magic number for
+    ... is") starts the assistant turn. Without it the prompt is `bos + user + answer prefix`.
+    """
+
+    def __init__(self, tokenizer: Any, chat_template: bool = True, system_prompt: str | None = None):
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
+                "set chat_template=false to evaluate it as a base model"
+            )
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
+
+    def render(self, user: str, answer_prefix: str = "") -> str:
+        if not self.chat_template:
+            bos = self.tokenizer.bos_token or ""
+            return f"{bos}{user}{answer_prefix}"
+        messages = [{"role": "user", "content": user}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The generation prompt already ends the header; RULER's prefixes begin with a space meant
+        # for plain-text continuation.
+        return text + answer_prefix.lstrip()
+
+    def count(self, text: str) -> int:
+        """Tokens of a rendered prompt (special tokens are already in the text)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def fit_size(measure: Callable[[int], int], budget: int, start: int = 8, what: str = "prompt") -> int:
+    """Largest `n >= 1` with `measure(n) <= budget`, assuming `measure` grows with `n`.
+
+    `start` is a first guess; the search doubles from it until it overshoots, then bisects, so it
+    costs O(log n) measurements (each a tokenisation of a full prompt).
+    """
+    if measure(1) > budget:
+        raise PromptTooLong(f"{what}: even the smallest haystack needs {measure(1)} tokens, over the budget of {budget}")
+    lo, hi = 1, max(2, start)
+    while measure(hi) <= budget:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 26:
+            raise RuntimeError(f"{what}: the prompt does not grow with the haystack size (measure({hi}) <= {budget})")
+    # invariant: measure(lo) <= budget < measure(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if measure(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def truncate_middle(fmt: PromptFormat, context: str, render: Callable[[str], str], budget: int) -> tuple[str, bool]:
+    """Cut the middle of `context` so that `count(render(context)) <= budget`; keep first and last halves.
+
+    Returns (context, truncated). The overhead of the template around the context is measured once,
+    then the context's tokens are cut; token merges at the seam can add a token or two, so the result
+    is re-measured and shaved until it fits.
+    """
+    if fmt.count(render(context)) <= budget:
+        return context, False
+    overhead = fmt.count(render(""))
+    ids = fmt.encode(context)
+    keep = budget - overhead
+    if keep < 2:
+        raise PromptTooLong(f"the prompt template alone needs {overhead} tokens, over the budget of {budget}")
+    while keep >= 2:
+        half = keep // 2
+        cut = fmt.decode(ids[:half]) + fmt.decode(ids[len(ids) - (keep - half):])
+        over = fmt.count(render(cut)) - budget
+        if over <= 0:
+            return cut, True
+        keep -= max(over, 1)
+    raise PromptTooLong(f"could not truncate the context to fit {budget} tokens")
