@@ -59,17 +59,20 @@ class PromptFormat:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def fit_size(measure: Callable[[int], int], budget: int, start: int = 8, what: str = "prompt") -> int:
-    """Largest `n >= 1` with `measure(n) <= budget`, assuming `measure` grows with `n`.
+def fit_size(measure: Callable[[int], int], budget: int, start: int = 8, what: str = "prompt",
+             upper: int | None = None) -> int:
+    """Largest `n >= 1` (and `<= upper`) with `measure(n) <= budget`, assuming `measure` grows with `n`.
 
     `start` is a first guess; the search doubles from it until it overshoots, then bisects, so it
     costs O(log n) measurements (each a tokenisation of a full prompt).
     """
     if measure(1) > budget:
         raise PromptTooLong(f"{what}: even the smallest haystack needs {measure(1)} tokens, over the budget of {budget}")
-    lo, hi = 1, max(2, start)
+    if upper is not None and measure(upper) <= budget:
+        return upper  # all the material there is fits
+    lo, hi = 1, max(2, start) if upper is None else min(max(2, start), upper)
     while measure(hi) <= budget:
-        lo, hi = hi, hi * 2
+        lo, hi = hi, (hi * 2 if upper is None else min(hi * 2, upper))
         if hi > 1 << 26:
             raise RuntimeError(f"{what}: the prompt does not grow with the haystack size (measure({hi}) <= {budget})")
     # invariant: measure(lo) <= budget < measure(hi)

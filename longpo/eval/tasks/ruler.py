@@ -369,7 +369,8 @@ class RulerTask:
 
             start = max(8, self.length // 64)
             try:
-                self._size = fit_size(measure, self.length, start=start, what=self.name)
+                upper = len(self._docs) if self._docs is not None else None
+                self._size = fit_size(measure, self.length, start=start, what=self.name, upper=upper)
             except PromptTooLong as e:
                 raise PromptTooLong(f"{e}; target length {self.length} is too short for {self.task}") from e
         return self._size

