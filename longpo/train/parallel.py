@@ -1,0 +1,333 @@
+"""Data parallel x Ulysses sequence parallel around the shared-prefix training core.
+
+The model code is untouched; this layer wraps it from outside:
+
+  `init_mesh(sp_size)`   ranks r = dp_rank * sp_size + sp_rank; the `sp_size` ranks of one SP group
+                         (adjacent ranks, so one node's fast links) hold the shards of one sample,
+                         the DP groups hold different samples.
+  `parallelize(model)`   registers `longpo_ulysses_<backend>` and points the model at it: inside
+                         each attention layer q/k/v go from sequence shards to head shards by an
+                         all-to-all, `shared_prefix_attention` runs on the FULL sequence for the
+                         local heads, and an all-to-all brings the output back to sequence shards.
+  `shard_batch(batch)`   pads the packed row to a multiple of sp_size and keeps this rank's slice
+                         of ids and positions, plus the log-prob targets whose source position lies
+                         in the slice. Targets (shifted labels) were computed on the full row by
+                         `pack_pairs`, so no label ever crosses a shard boundary.
+  `gather_stats(out)`    sums the per-shard pair log-probs and NLL sums over the SP group with an
+                         autograd-aware sum; every SP rank then holds the whole sample's statistics.
+
+Gradient contract: after `loss.backward()` on every rank, the parameter gradients of ALL ranks
+add up to the gradient of the step loss (each SP rank back-propagates its own shard's share, see
+`_SumOverGroup`). A data-parallel wrapper that averages gradients over the world (DDP, FSDP2,
+ZeRO via accelerate) therefore gives the exact gradient when the loss is multiplied by the world
+size (`mesh.world_size`, SP ranks included). Sample counts (tokens, pairs) are per sample and
+identical on the ranks of an SP group: reduce them over `mesh.dp_group` only.
+
+Head split: query heads are split as evenly as possible (28 heads on 8 ranks: 4,4,4,4,3,3,3,3);
+each rank receives the key/value heads its query heads use, so kv heads are replicated when there
+are fewer than sp_size of them or the split cuts a group (the all-to-all's backward sums the
+replicas' gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from longpo.train.attention import (
+    BACKENDS,
+    LAYOUT_KWARG,
+    register_shared_prefix_attention,
+    set_attention,
+    shared_prefix_attention,
+)
+from longpo.train.logps import ForwardOutput
+from longpo.train.loss import PairLogps
+from longpo.train.packing import LogpTargets, PackedBatch
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """This rank's place in the data-parallel x sequence-parallel grid."""
+
+    sp_size: int = 1
+    dp_size: int = 1
+    sp_rank: int = 0
+    dp_rank: int = 0
+    sp_group: Any = None  # ProcessGroup of this rank's SP group (None when sp_size == 1)
+    dp_group: Any = None  # ProcessGroup of this rank's DP group (None when dp_size == 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.sp_size * self.dp_size
+
+    @property
+    def rank(self) -> int:
+        return self.dp_rank * self.sp_size + self.sp_rank
+
+
+def init_mesh(sp_size: int = 1) -> Mesh:
+    """Build the DP x SP mesh over the default process group (one process: a 1 x 1 mesh)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        if sp_size != 1:
+            raise ValueError(f"sp_size={sp_size} needs torch.distributed; launch with torchrun or accelerate")
+        return Mesh()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if sp_size < 1 or world % sp_size:
+        raise ValueError(f"sp_size={sp_size} must divide the world size {world}; "
+                         f"choose one of {[d for d in range(1, world + 1) if world % d == 0]}")
+    dp_size = world // sp_size
+    sp_group = dp_group = None
+    # Every rank must create every group, in the same order.
+    for d in range(dp_size):
+        g = dist.new_group([d * sp_size + s for s in range(sp_size)])
+        if d == rank // sp_size:
+            sp_group = g
+    for s in range(sp_size):
+        g = dist.new_group([d * sp_size + s for d in range(dp_size)])
+        if s == rank % sp_size:
+            dp_group = g
+    return Mesh(sp_size=sp_size, dp_size=dp_size, sp_rank=rank % sp_size, dp_rank=rank // sp_size,
+                sp_group=sp_group if sp_size > 1 else None, dp_group=dp_group if dp_size > 1 else None)
+
+
+# ---------------------------------------------------------------- batch sharding and gathering
+
+
+def padded_length(length: int, sp_size: int) -> int:
+    return -(-length // sp_size) * sp_size
+
+
+def shard_batch(batch: PackedBatch, mesh: Mesh, pad_token_id: int = 0) -> PackedBatch:
+    """This rank's sequence shard of a packed row (1, T): ids, positions, targets; the layout stays whole.
+
+    Sample-level fields (pairs, counts, reference log-probs) are kept as they are: they describe the
+    sample, not the shard. Padding added here lies outside every layout span, so it is never a target.
+    """
+    if mesh.sp_size == 1:
+        return batch
+    t = batch.input_ids.shape[1]
+    total = padded_length(t, mesh.sp_size)
+    ids, pos = batch.input_ids, batch.position_ids
+    if total > t:
+        pad = total - t
+        ids = torch.cat([ids, ids.new_full((ids.shape[0], pad), pad_token_id)], dim=1)
+        pos = torch.cat([pos, torch.arange(pad, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], pad)], dim=1)
+    size = total // mesh.sp_size
+    start, end = mesh.sp_rank * size, (mesh.sp_rank + 1) * size
+    tg = batch.targets
+    keep = (tg.src >= start) & (tg.src < end)
+    return replace(
+        batch,
+        input_ids=ids[:, start:end],
+        position_ids=pos[:, start:end],
+        layout=replace(batch.layout, total_len=total),
+        targets=LogpTargets(src=tg.src[keep] - start, tgt=tg.tgt[keep], slot=tg.slot[keep], nll=tg.nll[keep]),
+    )
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """y = sum of x over the group's ranks; backward passes dL/dy to x unchanged.
+
+    Every rank of the group computes the same loss L from the same y. Counted once for the group
+    (not once per rank), dL/dx_r = dL/dy on each rank r: the identity. (torch.distributed.nn's
+    all_reduce sums the group's identical dL/dy in backward, i.e. counts the loss sp_size times.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        y = x.detach().clone()
+        dist.all_reduce(y, group=group)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def gather_stats(local: ForwardOutput, mesh: Mesh, num_nll_tokens: int | None = None) -> ForwardOutput:
+    """Sum the shard statistics of an SP group into the sample's, differentiably; identical on its ranks.
+
+    `num_nll_tokens` is the sample's NLL token count when known (`shard.num_nll_tokens`); otherwise
+    the shards' counts are summed.
+    """
+    if mesh.sp_size == 1:
+        return local
+    p = local.policy.chosen.shape[0]
+    flat = torch.cat([local.policy.chosen, local.policy.rejected, local.nll_sum.reshape(1)])  # (2P + 1,)
+    total = _SumOverGroup.apply(flat, mesh.sp_group)
+    if num_nll_tokens is None:
+        import torch.distributed as dist
+
+        count = torch.tensor([local.nll_tokens], dtype=torch.long, device=flat.device)
+        dist.all_reduce(count, group=mesh.sp_group)
+        num_nll_tokens = int(count.item())
+    return ForwardOutput(policy=PairLogps(chosen=total[:p], rejected=total[p : 2 * p]), nll_sum=total[2 * p],
+                         nll_tokens=num_nll_tokens)
+
+
+def forward_pairs_parallel(model: Any, batch: PackedBatch, mesh: Mesh, chunk_size: int | None = None,
+                           attention_backend: str = "sdpa") -> ForwardOutput:
+    """`forward_pairs` on this rank's shard, gathered over the SP group (the model must be `parallelize`d)."""
+    from longpo.train.logps import forward_pairs
+
+    if mesh.sp_size == 1:
+        return forward_pairs(model, batch, chunk_size, attention_backend)
+    shard = shard_batch(batch, mesh)
+    local = forward_pairs(model, shard, chunk_size, attention_backend)
+    return gather_stats(local, mesh, shard.num_nll_tokens)
+
+
+def sequence_parallel_forward(mesh: Mesh):
+    """A drop-in for `forward_pairs(model, batch, chunk_size, attention_backend)` on this mesh."""
+
+    def forward(model: Any, batch: PackedBatch, chunk_size: int | None = None,
+                attention_backend: str = "sdpa") -> ForwardOutput:
+        return forward_pairs_parallel(model, batch, mesh, chunk_size, attention_backend)
+
+    return forward
+
+
+# ---------------------------------------------------------------- Ulysses attention
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """Which query heads each SP rank computes, and which kv heads it needs for them."""
+
+    q_ranges: tuple[tuple[int, int], ...]  # per rank: [start, end) of its query heads
+    kv_ranges: tuple[tuple[int, int], ...]  # per rank: [start, end) of the kv heads those use
+
+    @property
+    def q_counts(self) -> list[int]:
+        return [b - a for a, b in self.q_ranges]
+
+    @property
+    def kv_counts(self) -> list[int]:
+        return [b - a for a, b in self.kv_ranges]
+
+
+@lru_cache(maxsize=64)
+def plan_heads(num_heads: int, num_kv_heads: int, sp_size: int) -> HeadPlan:
+    """Split `num_heads` query heads over `sp_size` ranks as evenly as possible; kv heads follow."""
+    assert num_heads % num_kv_heads == 0, f"{num_heads} query heads not a multiple of {num_kv_heads} kv heads"
+    if num_heads < sp_size:
+        raise ValueError(f"sp_size={sp_size} exceeds the {num_heads} attention heads: a rank would get no head; "
+                         f"use sp_size <= {num_heads}")
+    n_rep = num_heads // num_kv_heads
+    base, extra = divmod(num_heads, sp_size)
+    q_ranges, kv_ranges, start = [], [], 0
+    for r in range(sp_size):
+        end = start + base + (r < extra)
+        q_ranges.append((start, end))
+        kv_ranges.append((start // n_rep, (end - 1) // n_rep + 1))
+        start = end
+    return HeadPlan(q_ranges=tuple(q_ranges), kv_ranges=tuple(kv_ranges))
+
+
+class _AllToAll(torch.autograd.Function):
+    """all_to_all_single along dim 0 with (possibly uneven) splits; backward is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.send, ctx.recv, ctx.group = send, recv, group
+        x = x.contiguous()
+        out = x.new_empty((sum(recv), *x.shape[1:]))
+        dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
+        dist.all_to_all_single(out, grad, output_split_sizes=ctx.send, input_split_sizes=ctx.recv, group=ctx.group)
+        return out, None, None, None
+
+
+def _seq_to_heads(x: torch.Tensor, ranges: tuple[tuple[int, int], ...], rank: int, group: Any) -> torch.Tensor:
+    """(B, H, T/sp, D) sequence shard, all heads -> (B, h_rank, T, D) full sequence, this rank's heads."""
+    sp = len(ranges)
+    b, _, ts, d = x.shape
+    send = torch.cat([x[:, a:e] for a, e in ranges], dim=1) if sp > 1 else x  # replicas side by side
+    counts = [e - a for a, e in ranges]
+    out = _AllToAll.apply(send.transpose(0, 1), counts, [counts[rank]] * sp, group)  # (sp * h, B, Ts, D)
+    h = counts[rank]
+    return out.view(sp, h, b, ts, d).permute(2, 1, 0, 3, 4).reshape(b, h, sp * ts, d)
+
+
+def _heads_to_seq(o: torch.Tensor, q_counts: list[int], rank: int, group: Any) -> torch.Tensor:
+    """(B, h_rank, T, D) this rank's heads -> (B, T/sp, H, D) sequence shard, all heads."""
+    sp = len(q_counts)
+    b, h, t, d = o.shape
+    send = o.view(b, h, sp, t // sp, d).permute(2, 1, 0, 3, 4).reshape(sp * h, b, t // sp, d)
+    out = _AllToAll.apply(send, [h] * sp, q_counts, group)  # (H, B, Ts, D)
+    return out.permute(1, 2, 0, 3)
+
+
+def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, group: Any,
+                      scaling: float | None = None, backend: str = "sdpa", block_mask: Any = None) -> torch.Tensor:
+    """Shared-prefix attention of sequence-sharded q (B, H, T/sp, D), k/v (B, Hkv, T/sp, D); (B, T/sp, H, D)."""
+    import torch.distributed as dist
+
+    sp, rank = dist.get_world_size(group), dist.get_rank(group)
+    plan = plan_heads(q.shape[1], k.shape[1], sp)
+    qa, qb = plan.q_ranges[rank]
+    ka, kb = plan.kv_ranges[rank]
+    n_rep = q.shape[1] // k.shape[1]
+    q_full = _seq_to_heads(q, plan.q_ranges, rank, group)  # (B, h, T, D)
+    k_full = _seq_to_heads(k, plan.kv_ranges, rank, group)  # (B, hkv, T, D)
+    v_full = _seq_to_heads(v, plan.kv_ranges, rank, group)
+    h, hkv = qb - qa, kb - ka
+    kv_of_q = torch.arange(qa, qb) // n_rep - ka  # local kv head of each local query head
+    grouped = h % hkv == 0 and torch.equal(kv_of_q, torch.arange(h) // (h // hkv))
+    if not grouped:  # the split cut a kv group unevenly: give each query head its own copy
+        idx = kv_of_q.to(k_full.device)
+        k_full, v_full = k_full.index_select(1, idx), v_full.index_select(1, idx)
+    out = shared_prefix_attention(q_full, k_full, v_full, layout, scaling, backend, block_mask)
+    return _heads_to_seq(out, plan.q_counts, rank, group)
+
+
+def _make_hf_ulysses_attention(backend: str, group: Any):
+    from longpo.train.attention import BLOCK_MASK_KWARG, _make_hf_attention
+
+    plain = _make_hf_attention(backend)
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        layout = kwargs.get(LAYOUT_KWARG)
+        if layout is None or query.shape[2] == layout.total_len:  # unsharded input: the core as is
+            return plain(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        assert dropout == 0.0, "shared-prefix attention does not implement attention dropout"
+        return ulysses_attention(query, key, value, layout, group, scaling, backend,
+                                 kwargs.get(BLOCK_MASK_KWARG)), None
+
+    return attention
+
+
+def ulysses_attention_name(backend: str) -> str:
+    return f"longpo_ulysses_{backend}"
+
+
+def parallelize(model: Any, mesh: Mesh, backend: str = "sdpa") -> Any:
+    """Point `model` at Ulysses shared-prefix attention over `mesh.sp_group` (sp_size 1: the core's)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if mesh.sp_size == 1:
+        set_attention(model, register_shared_prefix_attention(backend))
+        return model
+    heads = model.config.num_attention_heads
+    plan_heads(heads, getattr(model.config, "num_key_value_heads", None) or heads, mesh.sp_size)  # fail early
+    name = register_shared_prefix_attention(backend, name=ulysses_attention_name(backend),
+                                            fn=_make_hf_ulysses_attention(backend, mesh.sp_group))
+    set_attention(model, name)
+    return model

@@ -1,0 +1,102 @@
+"""Sequence parallel (Ulysses) and data parallel equal one process: values, metrics and gradients.
+
+The multi-process checks run `sp_worker.py` under torchrun on gloo (2 and 4 CPU processes, tiny
+float64 models); every rank compares itself with the one-process computation and the launch
+fails on any mismatch. The rest checks the pieces in this process: head plans and batch sharding.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from longpo.data.records import tokenize_pair
+from longpo.train.packing import pack_pairs
+from longpo.train.parallel import Mesh, init_mesh, padded_length, plan_heads, shard_batch
+from tests.conftest import make_record
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("sp_worker.py")
+
+
+def _torchrun(nproc: int, suite: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{suite}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(WORKER), "--suite", suite, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"torchrun {suite} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return json.loads(out.read_text())
+
+
+def test_sp2_equals_one_process(tmp_path):
+    """sp 2: Llama / Mistral / Qwen2, 1 and 2 turns, 9 heads on 2 ranks, kv heads < sp, odd row length,
+    3 AdamW steps; loss, every metric and every gradient match one process."""
+    report = _torchrun(2, "sp2", tmp_path)
+    assert len(report) == 5, f"cases run: {sorted(report)}"
+    assert report["llama-sp2-3steps"]["weight"] < 1e-10, report
+
+
+def test_sp4_and_dp2_x_sp2_equal_one_process(tmp_path):
+    """sp 4 (10 heads on 4 ranks, kv heads replicated, odd row lengths) and dp 2 x sp 2 on two samples."""
+    report = _torchrun(4, "sp4", tmp_path)
+    assert len(report) == 5, f"cases run: {sorted(report)}"
+    assert report["mistral-sp4-10heads-oddlen"]["min_targets_per_shard"] == 0, "no rank ran without targets"
+
+
+@pytest.mark.parametrize("heads,kv_heads,sp,q_counts,kv_ranges", [
+    (4, 2, 2, [2, 2], [(0, 1), (1, 2)]),
+    (4, 2, 4, [1, 1, 1, 1], [(0, 1), (0, 1), (1, 2), (1, 2)]),  # kv heads replicated
+    (28, 4, 8, [4, 4, 4, 4, 3, 3, 3, 3], [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4), (3, 4), (3, 4)]),
+    (9, 3, 2, [5, 4], [(0, 2), (1, 3)]),
+])
+def test_head_plan_splits_queries_evenly_and_gives_each_rank_its_kv_heads(heads, kv_heads, sp, q_counts, kv_ranges):
+    plan = plan_heads(heads, kv_heads, sp)
+    assert plan.q_counts == q_counts
+    assert list(plan.kv_ranges) == kv_ranges
+    n_rep = heads // kv_heads
+    for (qa, qb), (ka, kb) in zip(plan.q_ranges, plan.kv_ranges):
+        assert {j // n_rep for j in range(qa, qb)} == set(range(ka, kb))
+
+
+def test_head_plan_refuses_more_ranks_than_heads():
+    with pytest.raises(ValueError, match="sp_size=8 exceeds the 4 attention heads"):
+        plan_heads(4, 2, 8)
+
+
+@pytest.mark.parametrize("sp", [2, 3, 4])
+def test_shards_partition_the_row_and_its_targets(tokenizer, sp):
+    """Concatenated shards = the row padded to a multiple of sp; shard targets, shifted back by the
+    shard offset, are exactly the row's targets (padding is never a target)."""
+    pairs = [tokenize_pair(tokenizer, make_record(f"r{i}", n_turns=2, seed=i)) for i in range(2)]
+    batch = pack_pairs(pairs, "full")
+    total = padded_length(batch.input_ids.shape[1], sp)
+    shards = [shard_batch(batch, Mesh(sp_size=sp, sp_rank=r)) for r in range(sp)]
+    ids = torch.cat([s.input_ids for s in shards], dim=1)
+    assert ids.shape[1] == total and torch.equal(ids[:, : batch.input_ids.shape[1]], batch.input_ids)
+    assert torch.equal(torch.cat([s.position_ids for s in shards], dim=1)[:, : batch.position_ids.shape[1]],
+                       batch.position_ids)
+    size = total // sp
+
+    def rows(src, t):  # the targets as a sorted list of (src, tgt, slot, nll)
+        return sorted(zip(src.tolist(), t.tgt.tolist(), t.slot.tolist(), t.nll.tolist()))
+
+    sharded = [row for r, s in enumerate(shards) for row in rows(s.targets.src + r * size, s.targets)]
+    assert sorted(sharded) == rows(batch.targets.src, batch.targets)
+    assert all(((s.targets.src >= 0) & (s.targets.src < size)).all() for s in shards)
+    assert all(s.layout.total_len == total and s.layout.pairs == batch.layout.pairs for s in shards)
+    assert all(s.num_nll_tokens == batch.num_nll_tokens and s.num_pairs == batch.num_pairs for s in shards)
+
+
+def test_one_process_mesh_is_a_no_op(tokenizer):
+    mesh = init_mesh(1)
+    assert (mesh.sp_size, mesh.dp_size, mesh.world_size) == (1, 1, 1)
+    batch = pack_pairs([tokenize_pair(tokenizer, make_record())])
+    assert shard_batch(batch, mesh) is batch
+    with pytest.raises(ValueError, match="needs torch.distributed"):
+        init_mesh(2)
