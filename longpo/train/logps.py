@@ -52,11 +52,11 @@ def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets
     """
     chunk_size = chunk_size or auto_chunk_size(lm_head.out_features)  # not .weight: ZeRO-3 partitions it
     assert hidden.shape[0] == targets.shape[0], f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets"
-    if hidden.shape[0] == 0:
-        return _upcast(hidden.new_zeros((0,))) + 0 * hidden.sum()  # same dtype as a non-empty result
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
     outs = []
-    for start in range(0, hidden.shape[0], chunk_size):
+    # No targets (a sequence-parallel shard can hold none) still runs lm_head once, on no rows: every
+    # rank then calls it, DDP sees its gradient (zero) and ZeRO-3's gathers stay in step.
+    for start in range(0, max(hidden.shape[0], 1), chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         if needs_grad:
             outs.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
