@@ -1,0 +1,148 @@
+"""Records -> optimizer steps -> packed micro-batches, deterministically from the seed.
+
+An epoch visits the records in a seeded permutation (`epoch_order`). Optimizer step s of the
+epoch takes the next `pairs_per_step = pairs_per_micro_batch * accumulation * world` records;
+each rank takes its contiguous share, tokenises it (lazily: a 128K-token corpus does not fit in
+memory as ids), drops pairs longer than `max_length` (counted and named) and packs the rest into
+micro-batches of `pairs_per_micro_batch` pairs. A rank whose share is short (end of epoch,
+skipped pairs) is topped up with 3-token filler micro-batches of weight 0, so that every rank
+runs exactly `accumulation` forward/backward passes per step (ZeRO-3 and FSDP collectives stay
+aligned) and the accumulation boundary is the same on every rank.
+
+The data position of a checkpoint is therefore just (epoch, step in epoch).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from longpo.data.records import RecordError, TokenizedPair, tokenize_pair
+from longpo.train.packing import PackedBatch, pack_pairs
+
+
+def epoch_order(num_records: int, seed: int, epoch: int) -> list[int]:
+    """The record order of one epoch: a permutation that depends only on (seed, epoch)."""
+    order = list(range(num_records))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def steps_per_epoch(num_records: int, pairs_per_step: int) -> int:
+    return -(-num_records // pairs_per_step)
+
+
+def rank_share(order: list[int], step_in_epoch: int, pairs_per_step: int, rank: int, world: int) -> list[int]:
+    """Record indices rank `rank` trains on at this step (a contiguous slice of the step's records)."""
+    step = order[step_in_epoch * pairs_per_step : (step_in_epoch + 1) * pairs_per_step]
+    per_rank = pairs_per_step // world
+    return step[rank * per_rank : (rank + 1) * per_rank]
+
+
+def sequence_length(pair: TokenizedPair) -> int:
+    """The longest sequence the model sees for this pair: the prefix plus the longer branch."""
+    return len(pair.prefix) + max(len(pair.chosen), len(pair.rejected))
+
+
+@dataclass
+class MicroBatch:
+    batch: PackedBatch
+    weight: float  # 1.0, or 0.0 for a filler that only keeps ranks in step
+
+
+def tokenize_share(tokenizer: Any, records: list[dict], max_length: int,
+                   skip_overlong: bool) -> tuple[list[TokenizedPair], list[tuple[str, int]]]:
+    """Tokenise records; return the pairs that fit and (id, length) of those that do not."""
+    pairs, skipped = [], []
+    for record in records:
+        pair = tokenize_pair(tokenizer, record)
+        length = sequence_length(pair)
+        if length <= max_length:
+            pairs.append(pair)
+        elif skip_overlong:
+            skipped.append((pair.id, length))
+        else:
+            raise RecordError(
+                f"record {pair.id!r}: {length} tokens (prefix + longer answer) exceeds max_length={max_length}; "
+                f"raise max_length, drop the record, or set skip_overlong=true to skip and count such records"
+            )
+    return pairs, skipped
+
+
+def filler_pair(tokenizer: Any) -> TokenizedPair:
+    """A 3-token pair for weight-0 filler micro-batches."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    return TokenizedPair(id="<filler>", prefix=[bos], chosen=[eos], chosen_mask=[True], rejected=[eos],
+                         rejected_mask=[True], ref_chosen_logp=0.0, ref_rejected_logp=0.0)
+
+
+def micro_batches(pairs: list[TokenizedPair], pairs_per_micro_batch: int, accumulation: int, nll_mode: str,
+                  filler: TokenizedPair, pad_token_id: int = 0) -> list[MicroBatch]:
+    """Exactly `accumulation` micro-batches: the pairs packed `pairs_per_micro_batch` at a time, then fillers."""
+    out = []
+    for i in range(0, len(pairs), pairs_per_micro_batch):
+        out.append(MicroBatch(pack_pairs(pairs[i : i + pairs_per_micro_batch], nll_mode, pad_token_id=pad_token_id), 1.0))
+    assert len(out) <= accumulation, f"{len(pairs)} pairs make more than {accumulation} micro-batches"
+    while len(out) < accumulation:
+        out.append(MicroBatch(pack_pairs([filler], nll_mode, pad_token_id=pad_token_id), 0.0))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in tiny data set (the default `model: tiny` run)
+
+
+def make_tiny_records(num_records: int = 32, doc_sentences: int = 24, seed: int = 0) -> list[dict]:
+    """Synthetic preference records over generated documents: facts hidden in filler sentences.
+
+    The chosen answer states the fact from the question's chunk; the rejected answer names a
+    wrong value, as a long-context model that lost the fact would. No reference log-probs yet.
+    """
+    from longpo.tiny import _WORDS
+
+    rng = random.Random(seed)
+    records = []
+    for r in range(num_records):
+        sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 10))).capitalize() + "."
+                     for _ in range(doc_sentences)]
+        key, value = rng.choice(["vault", "river", "city", "book", "model"]), rng.randint(0, 999)
+        at = rng.randrange(doc_sentences)
+        sentences[at] = f"The secret number of the {key} is {value}."
+        chunks = [" ".join(sentences[i : i + 8]) for i in range(0, doc_sentences, 8)]
+        wrong = (value + rng.randint(1, 998)) % 1000
+        records.append({
+            "id": f"tiny-{r:04d}",
+            "document": "\n\n".join(chunks),
+            "turns": [{
+                "question": f"According to the passage above, what is the secret number of the {key}?",
+                "chunk": chunks[at // 8],
+                "chosen": f"The secret number of the {key} is {value}.",
+                "rejected": f"The passage does not say; maybe {wrong}.",
+            }],
+        })
+    return records
+
+
+def add_short_reference_logps(model: Any, tokenizer: Any, records: list[dict]) -> list[dict]:
+    """Fill ref_chosen_logp / ref_rejected_logp of every turn: log pi_S(answer | [chunk; question]), summed.
+
+    A plain forward of the original model on each short sequence (tiny data only; real data goes
+    through `longpo reference`).
+    """
+    import torch
+
+    from longpo.data.records import tokenize_short
+
+    model.eval()
+    with torch.no_grad():
+        for record in records:
+            for turn in record["turns"]:
+                for branch in ("chosen", "rejected"):
+                    ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], turn[branch])
+                    input_ids = torch.tensor([ids])
+                    logps = model(input_ids=input_ids, use_cache=False).logits[0, :-1].double().log_softmax(-1)
+                    token_logps = logps.gather(-1, input_ids[0, 1:, None]).squeeze(-1)  # (T-1,)
+                    turn[f"ref_{branch}_logp"] = float(token_logps[torch.tensor(mask[1:])].sum())
+    return records

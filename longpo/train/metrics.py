@@ -1,0 +1,92 @@
+"""Per-step training metrics: summed on each rank, reduced once, written as JSONL (and trackers).
+
+Every metric is a sum over the step's real pairs / tokens divided by the step's global count, the
+same "sum, then normalise" rule as the loss, so the numbers do not depend on how the step was cut
+into micro-batches or ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from longpo.files import append_jsonl
+
+
+@dataclass
+class StepSums:
+    """What one rank adds up over the micro-batches of one optimizer step."""
+
+    loss: float = 0.0  # sum of the micro-batch losses: the step loss once summed over ranks
+    nll_sum: float = 0.0
+    nll_tokens: float = 0.0
+    pref_sum: float = 0.0
+    pairs: float = 0.0
+    chosen_rewards: float = 0.0
+    rejected_rewards: float = 0.0
+    correct: float = 0.0  # pairs whose chosen reward beats the rejected one
+    tokens: float = 0.0  # packed tokens, padding and fillers excluded
+    skipped: float = 0.0  # pairs of this step dropped for exceeding max_length
+
+    def add(self, loss: float, nll_sum: float, nll_tokens: int, pairs: int, tokens: int, pref: Any = None) -> None:
+        """One real micro-batch; `pref` is its `PreferenceOutput` (None without a preference term)."""
+        self.loss += loss
+        self.nll_sum += nll_sum
+        self.nll_tokens += nll_tokens
+        self.pairs += pairs
+        self.tokens += tokens
+        if pref is not None:
+            self.pref_sum += float(pref.losses.detach().sum())
+            self.chosen_rewards += float(pref.chosen_rewards.sum())
+            self.rejected_rewards += float(pref.rejected_rewards.sum())
+            self.correct += float((pref.chosen_rewards > pref.rejected_rewards).sum())
+
+    def reduce(self, accelerator: Any) -> StepSums:
+        """Sum over data-parallel ranks (one all-reduce)."""
+        import torch
+
+        if accelerator.num_processes == 1:
+            return self
+        values = torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64,
+                              device=accelerator.device)
+        values = accelerator.reduce(values, reduction="sum")
+        return StepSums(*values.tolist())
+
+    def metrics(self, preference: bool) -> dict:
+        """Step means; the reward metrics only when the loss has a preference term."""
+        pairs = max(self.pairs, 1.0)
+        out = {"loss": self.loss, "nll": self.nll_sum / self.nll_tokens if self.nll_tokens else 0.0}
+        if preference:
+            out.update({
+                "pref_loss": self.pref_sum / pairs,
+                "rewards/chosen": self.chosen_rewards / pairs,
+                "rewards/rejected": self.rejected_rewards / pairs,
+                "rewards/accuracy": self.correct / pairs,
+                "rewards/margin": (self.chosen_rewards - self.rejected_rewards) / pairs,
+            })
+        return out | {"pairs": int(self.pairs), "tokens": int(self.tokens), "skipped_overlong": int(self.skipped)}
+
+
+class MetricsWriter:
+    """Appends one JSON line per step to `output_dir/metrics.jsonl` (main process) and forwards to
+    the accelerate trackers (TensorBoard, W&B) named in `report_to`."""
+
+    def __init__(self, accelerator: Any, output_dir: str | os.PathLike, report_to: list[str], config: dict):
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.trackers = bool(report_to)
+        if self.trackers:
+            flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
+            accelerator.init_trackers("longpo", config=flat)
+
+    def log(self, row: dict) -> None:
+        if self.accelerator.is_main_process:
+            append_jsonl(self.path, row)
+        if self.trackers:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+
+    def close(self) -> None:
+        if self.trackers:
+            self.accelerator.end_training()

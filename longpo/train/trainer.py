@@ -1,0 +1,471 @@
+"""`longpo train`: train a policy with the LongPO loss (or the SFT / DPO baselines) on accelerate.
+
+    longpo train --config configs/tiny.yaml                     # built-in tiny run, CPU, < 1 min
+    accelerate launch --config_file configs/accelerate/zero3.yaml -m longpo.cli train \\
+        --config configs/mistral-7b-128k.yaml
+
+One optimizer step, read top to bottom in `Trainer.train_step`:
+  1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
+     rank, weight-0 fillers where a rank's share ran short);
+  2. reduce the step's NLL-token and pair counts over data-parallel ranks (`reduce_counts`);
+  3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
+     `combine_loss(sums, GLOBAL counts)`, backward;
+  4. reduce the step's metric sums; stop on a non-finite loss BEFORE the optimizer step;
+  5. clip, optimizer step, scheduler step; log; checkpoint every `save_steps`.
+Because every micro-batch loss is already its share of the global step mean, the gradients add
+up to exactly the big-batch gradient. accelerate divides each backward by the accumulation steps
+and DDP / ZeRO / FSDP average over ranks; `backward_scale` undoes both.
+
+Parallelism comes from outside: `Trainer.forward_fn` (default `forward_pairs`) and
+`Trainer.reduce_counts` are the two seams a sequence-parallel wrapper replaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from longpo.config import help_field
+
+logger = logging.getLogger("longpo.train")
+
+OPTIMIZERS = ("rmsprop", "adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+MIXED_PRECISION = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "wandb")
+TINY = "tiny"
+
+
+@dataclass(kw_only=True)
+class Config:
+    # model
+    model: str = help_field(TINY, "policy to train: a local Hugging Face model dir (safetensors), or 'tiny' to "
+                                  "build the built-in tiny model and data set in output_dir")
+    tokenizer: str | None = help_field(None, "tokenizer dir; default: the model dir")
+    dtype: str = help_field("float32", f"dtype the weights are loaded in: {sorted(DTYPES)} (keep float32 "
+                                       "master weights with bf16 mixed precision: lr 5e-7 vanishes in bf16)")
+    rope_theta: float | None = help_field(None, "new RoPE base for the POLICY only (paper: 1e7); None keeps it")
+    max_position_embeddings: int | None = help_field(None, "new max_position_embeddings of the policy")
+    attention_backend: str = help_field("auto", "shared-prefix attention: sdpa, flex, or auto (flex on CUDA)")
+    gradient_checkpointing: bool = help_field(False, "recompute decoder layers in the backward")
+    logp_chunk_size: int | None = help_field(None, "positions per lm_head chunk; None: from the vocab size")
+    # data
+    train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder); "
+                                              "built in output_dir when model is 'tiny'")
+    max_length: int = help_field(131072, "longest sequence (prefix + longer answer) trained on")
+    skip_overlong: bool = help_field(True, "skip and count longer pairs (their ids are logged); false: raise")
+    pairs_per_micro_batch: int = help_field(1, "pairs packed into one row per forward")
+    gradient_accumulation_steps: int = help_field(8, "micro-batches per rank per optimizer step")
+    num_epochs: int = help_field(1, "passes over the records")
+    max_steps: int = help_field(0, "stop after this many optimizer steps (0: all epochs); sets the schedule")
+    seed: int = help_field(42, "seed of the data order and of torch")
+    tiny_records: int = help_field(32, "records built for model=tiny")
+    # loss
+    loss: str = help_field("longpo", "longpo (reference = short prompt, from the records), dpo (reference = "
+                                     "frozen initial policy on the long prompt), sft (no preference term)")
+    nll_mode: str = help_field("full", "tokens of the chosen long sequence in the NLL: full, responses, off")
+    beta: float = help_field(0.01, "preference temperature beta")
+    lam: float = help_field(0.01, "weight lambda of the preference term")
+    nll_weight: float = help_field(1.0, "weight of the NLL term")
+    # optimizer
+    optimizer: str = help_field("rmsprop", f"one of {OPTIMIZERS} (the released runs use RMSprop)")
+    learning_rate: float = help_field(5e-7, "peak learning rate")
+    weight_decay: float = help_field(0.0, "weight decay")
+    lr_scheduler: str = help_field("cosine", f"one of {SCHEDULERS}, after linear warmup")
+    warmup_ratio: float = help_field(0.1, "fraction of the steps spent in linear warmup")
+    max_grad_norm: float = help_field(1.0, "gradient clipping norm (0: off)")
+    mixed_precision: str = help_field("no", f"one of {MIXED_PRECISION} (accelerate autocast / DeepSpeed bf16)")
+    # outputs
+    output_dir: str = help_field("runs/train", "checkpoints, metrics.jsonl, resolved config, final model")
+    export_dir: str | None = help_field(None, "final Hugging Face model dir; default output_dir/model")
+    save_steps: int = help_field(0, "checkpoint every this many steps and at the end (0: no checkpoints)")
+    keep_checkpoints: int = help_field(2, "newest complete checkpoints kept")
+    resume: str = help_field("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint dir")
+    report_to: list = help_field([], f"trackers besides metrics.jsonl: {list(TRACKERS)}")
+    progress_bar: bool = help_field(True, "tqdm bar with tokens/s and ETA")
+
+    def __post_init__(self):
+        from longpo.train.attention import BACKENDS
+        from longpo.train.loss import LOSS_MODES, NLL_MODES
+
+        choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
+                   "dtype": tuple(DTYPES), "mixed_precision": MIXED_PRECISION,
+                   "attention_backend": ("auto",) + BACKENDS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
+        for name in ("max_length", "pairs_per_micro_batch", "gradient_accumulation_steps", "num_epochs",
+                     "tiny_records"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("max_steps", "save_steps", "keep_checkpoints", "beta", "lam", "nll_weight", "learning_rate",
+                     "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio} must lie in [0, 1)")
+        if self.model != TINY and not self.train_file:
+            raise ValueError(f"model={self.model!r} needs train_file=<records>; only model=tiny builds its own data")
+        if self.loss == "sft" and (self.nll_mode == "off" or self.nll_weight == 0):
+            raise ValueError("loss=sft trains on the NLL term alone: set nll_mode to full or responses and "
+                             "nll_weight > 0")
+        if self.loss != "sft" and self.lam == 0 and self.nll_weight == 0:
+            raise ValueError("lam=0 and nll_weight=0 leave nothing to train")
+        unknown = sorted(set(self.report_to) - set(TRACKERS))
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
+        if self.rope_theta is not None and self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (non-finite loss); the message names the step and the records."""
+
+
+class PairModel(torch.nn.Module):
+    """The one place the model runs on a packed batch: `forward_fn(model, batch, chunk, backend)`.
+
+    accelerate prepares this wrapper, so DDP / ZeRO-3 / FSDP see a root `forward`; `config` and
+    `_no_split_modules` are forwarded for DeepSpeed's "auto" sizes and FSDP's layer wrapping.
+    """
+
+    def __init__(self, model: Any, forward_fn: Any, chunk_size: int | None, attention_backend: str):
+        super().__init__()
+        self.model = model
+        self.forward_fn = forward_fn
+        self.chunk_size = chunk_size
+        self.attention_backend = attention_backend
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(self, batch: Any) -> Any:
+        return self.forward_fn(self.model, batch, self.chunk_size, self.attention_backend)
+
+
+# --------------------------------------------------------------------------------------------
+# Setup: accelerator, tiny defaults, models, optimizer, schedule
+
+
+def make_accelerator(cfg: Config) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, ProjectConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=list(cfg.report_to) or None,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # One packed row per forward; the rest of the step shape comes from this config, not the JSON.
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = 1
+        ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+        ds["gradient_clipping"] = cfg.max_grad_norm
+        ds.pop("train_batch_size", None)
+        if "optimizer" in ds or "scheduler" in ds:
+            raise ValueError("the DeepSpeed config must not hold an 'optimizer' or 'scheduler' block: "
+                             "longpo builds the torch optimizer and schedule from its own config")
+    return accelerator
+
+
+def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
+    """Build the tiny original model, tokenizer and records in output_dir once; point cfg at them."""
+    import os
+    import shutil
+
+    from longpo.data.records import read_records
+    from longpo.files import atomic_write_jsonl
+    from longpo.tiny import build_tiny_model, build_tiny_tokenizer
+    from longpo.train.data import add_short_reference_logps, make_tiny_records
+
+    out = Path(cfg.output_dir)
+    model_dir, records_file = out / "original_model", out / "tiny_records.jsonl"
+    if accelerator.is_main_process and not (model_dir / "config.json").is_file():
+        tokenizer, model = build_tiny_tokenizer(), build_tiny_model("llama", seed=0, max_position_embeddings=2048)
+        tmp = out / ".tmp-original_model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, model_dir)
+        records = add_short_reference_logps(model, tokenizer, make_tiny_records(cfg.tiny_records, seed=0))
+        atomic_write_jsonl(records_file, records)
+        logger.info(f"built the tiny original model in {model_dir} and {len(records)} records in {records_file}")
+    accelerator.wait_for_everyone()
+    read_records(records_file, require_reference=True)  # fail here, not mid-run, on a damaged file
+    return dataclasses.replace(cfg, model=str(model_dir), train_file=str(records_file))
+
+
+def set_rope_theta(config: Any, theta: float) -> None:
+    """transformers 5 keeps the RoPE base in `rope_parameters` (one dict, or one per layer type)."""
+    params = getattr(config, "rope_parameters", None)
+    if not isinstance(params, dict):
+        raise ValueError(f"{type(config).__name__} has no rope_parameters; cannot set rope_theta")
+    targets = [params] if "rope_theta" in params else [v for v in params.values() if isinstance(v, dict)]
+    if not targets:
+        raise ValueError(f"rope_parameters {params} holds no rope_theta")
+    for p in targets:
+        p["rope_theta"] = float(theta)
+
+
+def load_policy(cfg: Config) -> Any:
+    """The model with the policy's config changes (RoPE base, max positions) applied BEFORE it is built:
+    in transformers 5 the rotary frequencies are computed at construction time."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=False)
+    if cfg.rope_theta is not None:
+        set_rope_theta(config, cfg.rope_theta)
+    if cfg.max_position_embeddings is not None:
+        config.max_position_embeddings = cfg.max_position_embeddings
+    return AutoModelForCausalLM.from_pretrained(cfg.model, config=config, dtype=DTYPES[cfg.dtype],
+                                                use_safetensors=True, trust_remote_code=False,
+                                                attn_implementation="sdpa")
+
+
+def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer: Any, total_steps: int) -> Any:
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def prepare_reference(accelerator: Any, module: PairModel) -> Any:
+    """The frozen DPO reference: under ZeRO-3 its own inference engine (shards it), else a device copy."""
+    from accelerate.utils import DistributedType
+
+    module.requires_grad_(False)
+    module.eval()
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return module.to(accelerator.device)
+    import deepspeed
+
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3 if stage == 3 else 0},
+              "bf16": {"enabled": accelerator.mixed_precision == "bf16"},
+              "fp16": {"enabled": accelerator.mixed_precision == "fp16"}}
+    engine, *_ = deepspeed.initialize(model=module, config=config)
+    engine.eval()
+    return engine
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class Trainer:
+    def __init__(self, cfg: Config, forward_fn: Any = None):
+        from accelerate.utils import set_seed
+        from transformers import AutoTokenizer
+
+        from longpo.config import config_to_dict, write_resolved_config
+        from longpo.data.records import read_records
+        from longpo.train.attention import default_backend, use_shared_prefix_attention
+        from longpo.train.checkpoint import load_checkpoint, resolve_resume, truncate_metrics
+        from longpo.train.data import filler_pair, steps_per_epoch
+        from longpo.train.logps import forward_pairs
+        from longpo.train.metrics import MetricsWriter
+
+        self.accelerator = accelerator = make_accelerator(cfg)
+        if cfg.model == TINY:
+            cfg = prepare_tiny(cfg, accelerator)
+        self.cfg = cfg
+        if accelerator.is_main_process:
+            write_resolved_config(cfg, cfg.output_dir)
+        set_seed(cfg.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, trust_remote_code=False)
+        self.filler = filler_pair(self.tokenizer)
+        self.records = read_records(cfg.train_file, require_reference=cfg.loss == "longpo")
+        self.forward_fn = forward_fn or forward_pairs
+
+        backend = default_backend(accelerator.device) if cfg.attention_backend == "auto" else cfg.attention_backend
+        policy = load_policy(cfg)
+        use_shared_prefix_attention(policy, backend)
+        if cfg.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.reference = None
+        if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
+            reference = load_policy(cfg)
+            use_shared_prefix_attention(reference, backend)
+            self.reference = prepare_reference(accelerator, PairModel(reference, self.call_forward,
+                                                                      cfg.logp_chunk_size, backend))
+        module = PairModel(policy, self.call_forward, cfg.logp_chunk_size, backend)
+        module.train()
+        optimizer = build_optimizer(cfg, module.parameters())
+
+        self.world = accelerator.num_processes
+        self.pairs_per_step = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * self.world
+        self.steps_per_epoch = steps_per_epoch(len(self.records), self.pairs_per_step)
+        total = self.steps_per_epoch * cfg.num_epochs
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.scheduler = build_scheduler(cfg, optimizer, self.total_steps)
+        self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.backward_scale = accelerator.gradient_accumulation_steps * self.world
+
+        self.step, self.skipped_total = 0, 0
+        resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+        if resume_from is not None:
+            state = load_checkpoint(accelerator, resume_from)
+            if state["pairs_per_step"] != self.pairs_per_step:
+                raise ValueError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
+                                 f"has {self.pairs_per_step}: the data position would not match; resume with the "
+                                 f"same pairs_per_micro_batch x gradient_accumulation_steps x ranks, or resume=none")
+            self.step, self.skipped_total = state["step"], state["skipped_overlong"]
+            logger.info(f"resumed from {resume_from} at step {self.step}")
+        if accelerator.is_main_process:
+            truncate_metrics(Path(cfg.output_dir) / "metrics.jsonl", self.step)
+        self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
+        logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
+                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s), loss={cfg.loss}")
+
+    def call_forward(self, model: Any, batch: Any, chunk_size: int | None, backend: str) -> Any:
+        """Indirection so that `trainer.forward_fn` can be replaced after setup (sequence parallel)."""
+        return self.forward_fn(model, batch, chunk_size, backend)
+
+    def reduce_counts(self, nll_tokens: int, pairs: int) -> tuple[float, float]:
+        """Global NLL-token and pair counts of the step: summed over data-parallel ranks."""
+        if self.world == 1:
+            return float(nll_tokens), float(pairs)
+        counts = torch.tensor([nll_tokens, pairs], dtype=torch.float64, device=self.accelerator.device)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        return float(counts[0]), float(counts[1])
+
+    def fetch_step(self, step: int) -> tuple[list, list[tuple[str, int]]]:
+        """This rank's micro-batches of global step `step` (0-based) and the pairs it skipped as overlong."""
+        from longpo.train.data import epoch_order, micro_batches, rank_share, tokenize_share
+
+        cfg = self.cfg
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        order = epoch_order(len(self.records), cfg.seed, epoch)
+        share = rank_share(order, in_epoch, self.pairs_per_step, self.accelerator.process_index, self.world)
+        pairs, skipped = tokenize_share(self.tokenizer, [self.records[i] for i in share], cfg.max_length,
+                                        cfg.skip_overlong)
+        for rid, length in skipped:
+            logger.warning(f"step {step + 1}: skipped record {rid!r}: {length} tokens > max_length={cfg.max_length}")
+        pad = self.tokenizer.pad_token_id or 0
+        batches = micro_batches(pairs, cfg.pairs_per_micro_batch, cfg.gradient_accumulation_steps, cfg.nll_mode,
+                                self.filler, pad)
+        return batches, skipped
+
+    def train_step(self, micro: list, skipped: int) -> Any:
+        """Forward and backward every micro-batch of one step with the step's global counts."""
+        from longpo.train.loss import combine_loss, preference_losses
+        from longpo.train.metrics import StepSums
+        from longpo.train.packing import batch_to
+
+        cfg, accelerator = self.cfg, self.accelerator
+        real = [mb for mb in micro if mb.weight > 0]
+        nll_tokens, num_pairs = self.reduce_counts(sum(mb.batch.num_nll_tokens for mb in real),
+                                                   sum(mb.batch.num_pairs for mb in real))
+        lam = 0.0 if cfg.loss == "sft" else cfg.lam
+        sums = StepSums(skipped=skipped)
+        for mb in micro:
+            batch = batch_to(mb.batch, accelerator.device)
+            with accelerator.accumulate(self.module):
+                out = self.module(batch)
+                pref = None
+                if cfg.loss != "sft":
+                    pref = preference_losses(out.policy, self.reference_logps(batch), cfg.beta)
+                pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
+                loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
+                accelerator.backward(loss * self.backward_scale)
+            if mb.weight > 0:
+                sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs, batch.num_tokens, pref)
+        return sums
+
+    def reference_logps(self, batch: Any) -> Any:
+        from longpo.train.loss import PairLogps
+
+        if self.reference is None:  # longpo: the short-prompt reference precomputed in the records
+            return PairLogps(chosen=batch.ref_chosen, rejected=batch.ref_rejected)
+        with torch.no_grad():
+            return self.reference(batch).policy
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        from longpo.train.checkpoint import export_model, save_checkpoint
+
+        cfg, accelerator = self.cfg, self.accelerator
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                   disable=not (cfg.progress_bar and accelerator.is_main_process))
+        row: dict = {}
+        while self.step < self.total_steps:
+            start = time.perf_counter()
+            micro, skipped = self.fetch_step(self.step)
+            sums = self.train_step(micro, len(skipped)).reduce(accelerator)
+            if not math.isfinite(sums.loss):
+                ids = sorted({i for mb in micro if mb.weight > 0 for i in mb.batch.ids})
+                raise TrainingError(
+                    f"non-finite loss ({sums.loss}) at step {self.step + 1}; records of this step on rank "
+                    f"{accelerator.process_index}: {ids}. No update and no checkpoint were written for this step; "
+                    f"the last good checkpoint in {cfg.output_dir} is intact"
+                )
+            grad_norm = accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            self.step += 1
+            self.skipped_total += int(sums.skipped)
+            seconds = time.perf_counter() - start
+            row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
+                   **sums.metrics(preference=cfg.loss != "sft"),
+                   "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "tokens_per_s": sums.tokens / seconds, "pairs_per_s": sums.pairs / seconds, "seconds": seconds}
+            self.metrics.log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == self.total_steps):
+                save_checkpoint(accelerator, cfg.output_dir, self.checkpoint_state(), cfg.keep_checkpoints)
+        bar.close()
+        if self.skipped_total:
+            logger.warning(f"{self.skipped_total} pair(s) skipped in all for exceeding max_length={cfg.max_length}")
+        export_dir = Path(cfg.export_dir or Path(cfg.output_dir) / "model")
+        export_model(accelerator, self.module, self.tokenizer, export_dir)
+        self.metrics.close()
+        logger.info(f"exported the policy to {export_dir}")
+        return {"export_dir": str(export_dir), "steps": self.step, "last": row, "skipped_overlong": self.skipped_total}
+
+    def checkpoint_state(self) -> dict:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        return {"step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "total_steps": self.total_steps,
+                "skipped_overlong": self.skipped_total, "seed": self.cfg.seed,
+                "pairs_per_step": self.pairs_per_step}
+
+
+def train(cfg: Config, forward_fn: Any = None) -> dict:
+    """Library entry point: set up, train, export; returns the export dir and the last metrics."""
+    return Trainer(cfg, forward_fn).train()
+
+
+def main(cfg: Config) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = train(cfg)
+    print(f"trained {result['steps']} steps; model in {result['export_dir']}")
+    return 0
