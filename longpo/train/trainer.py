@@ -55,6 +55,8 @@ class Config:
     rope_theta: float | None = help_field(None, "new RoPE base for the POLICY only (paper: 1e7); None keeps it")
     max_position_embeddings: int | None = help_field(None, "new max_position_embeddings of the policy")
     attention_backend: str = help_field("auto", "shared-prefix attention: sdpa, flex, or auto (flex on CUDA)")
+    sp_size: int = help_field(1, "sequence-parallel (Ulysses) ranks per sample; divides the number of processes, "
+                                 "the rest is data parallel (see README, Sequence parallel)")
     gradient_checkpointing: bool = help_field(False, "recompute decoder layers in the backward")
     logp_chunk_size: int | None = help_field(None, "positions per lm_head chunk; None: from the vocab size")
     # data
@@ -85,7 +87,7 @@ class Config:
     mixed_precision: str = help_field("no", f"one of {MIXED_PRECISION} (accelerate autocast / DeepSpeed bf16)")
     # outputs
     output_dir: str = help_field("runs/train", "checkpoints, metrics.jsonl, resolved config, final model")
-    export_dir: str | None = help_field(None, "final Hugging Face model dir; default output_dir/model")
+    export_dir: str | None = help_field(None, "final Hugging Face model dir; default output_dir/final")
     save_steps: int = help_field(0, "checkpoint every this many steps and at the end (0: no checkpoints)")
     keep_checkpoints: int = help_field(2, "newest complete checkpoints kept")
     resume: str = help_field("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint dir")
@@ -96,13 +98,20 @@ class Config:
         from longpo.train.attention import BACKENDS
         from longpo.train.loss import LOSS_MODES, NLL_MODES
 
+        for f in dataclasses.fields(self):  # YAML 1.1 reads 1e7 (no sign, no dot) as a string
+            value = getattr(self, f.name)
+            if f.type in ("float", "float | None") and isinstance(value, str):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ValueError(f"{f.name}={value!r} is not a number") from None
         choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
                    "dtype": tuple(DTYPES), "mixed_precision": MIXED_PRECISION,
                    "attention_backend": ("auto",) + BACKENDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
-        for name in ("max_length", "pairs_per_micro_batch", "gradient_accumulation_steps", "num_epochs",
+        for name in ("sp_size", "max_length", "pairs_per_micro_batch", "gradient_accumulation_steps", "num_epochs",
                      "tiny_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
@@ -283,13 +292,15 @@ class Trainer:
 
         from longpo.config import config_to_dict, write_resolved_config
         from longpo.data.records import read_records
-        from longpo.train.attention import default_backend, use_shared_prefix_attention
+        from longpo.train.attention import default_backend
         from longpo.train.checkpoint import load_checkpoint, resolve_resume, truncate_metrics
         from longpo.train.data import filler_pair, steps_per_epoch
         from longpo.train.logps import forward_pairs
         from longpo.train.metrics import MetricsWriter
+        from longpo.train.parallel import init_mesh, parallelize, sequence_parallel_forward
 
         self.accelerator = accelerator = make_accelerator(cfg)
+        self.mesh = init_mesh(cfg.sp_size)  # data parallel x sequence parallel; 1 x 1 in one process
         if cfg.model == TINY:
             cfg = prepare_tiny(cfg, accelerator)
         self.cfg = cfg
@@ -299,17 +310,17 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, trust_remote_code=False)
         self.filler = filler_pair(self.tokenizer)
         self.records = read_records(cfg.train_file, require_reference=cfg.loss == "longpo")
-        self.forward_fn = forward_fn or forward_pairs
+        self.forward_fn = forward_fn or (sequence_parallel_forward(self.mesh) if cfg.sp_size > 1 else forward_pairs)
 
         backend = default_backend(accelerator.device) if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
-        use_shared_prefix_attention(policy, backend)
+        parallelize(policy, self.mesh, backend)
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = None
         if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
             reference = load_policy(cfg)
-            use_shared_prefix_attention(reference, backend)
+            parallelize(reference, self.mesh, backend)
             self.reference = prepare_reference(accelerator, PairModel(reference, self.call_forward,
                                                                       cfg.logp_chunk_size, backend))
         module = PairModel(policy, self.call_forward, cfg.logp_chunk_size, backend)
@@ -317,7 +328,7 @@ class Trainer:
         optimizer = build_optimizer(cfg, module.parameters())
 
         self.world = accelerator.num_processes
-        self.pairs_per_step = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * self.world
+        self.pairs_per_step = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * self.mesh.dp_size
         self.steps_per_epoch = steps_per_epoch(len(self.records), self.pairs_per_step)
         total = self.steps_per_epoch * cfg.num_epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
@@ -347,11 +358,13 @@ class Trainer:
         return self.forward_fn(model, batch, chunk_size, backend)
 
     def reduce_counts(self, nll_tokens: int, pairs: int) -> tuple[float, float]:
-        """Global NLL-token and pair counts of the step: summed over data-parallel ranks."""
-        if self.world == 1:
+        """Global NLL-token and pair counts of the step: summed over data-parallel ranks (not SP ranks)."""
+        from longpo.train.parallel import all_reduce_dp
+
+        if self.mesh.dp_size == 1:
             return float(nll_tokens), float(pairs)
         counts = torch.tensor([nll_tokens, pairs], dtype=torch.float64, device=self.accelerator.device)
-        counts = self.accelerator.reduce(counts, reduction="sum")
+        counts = all_reduce_dp(counts, self.mesh)
         return float(counts[0]), float(counts[1])
 
     def fetch_step(self, step: int) -> tuple[list, list[tuple[str, int]]]:
@@ -361,7 +374,7 @@ class Trainer:
         cfg = self.cfg
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.records), cfg.seed, epoch)
-        share = rank_share(order, in_epoch, self.pairs_per_step, self.accelerator.process_index, self.world)
+        share = rank_share(order, in_epoch, self.pairs_per_step, self.mesh.dp_rank, self.mesh.dp_size)
         pairs, skipped = tokenize_share(self.tokenizer, [self.records[i] for i in share], cfg.max_length,
                                         cfg.skip_overlong)
         for rid, length in skipped:
@@ -382,7 +395,8 @@ class Trainer:
         nll_tokens, num_pairs = self.reduce_counts(sum(mb.batch.num_nll_tokens for mb in real),
                                                    sum(mb.batch.num_pairs for mb in real))
         lam = 0.0 if cfg.loss == "sft" else cfg.lam
-        sums = StepSums(skipped=skipped)
+        first = self.mesh.sp_rank == 0  # an SP group's ranks share each sample: its metrics are counted once
+        sums = StepSums(skipped=skipped if first else 0)
         for mb in micro:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
@@ -393,7 +407,7 @@ class Trainer:
                 pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
                 loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
                 accelerator.backward(loss * self.backward_scale)
-            if mb.weight > 0:
+            if mb.weight > 0 and first:
                 sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs, batch.num_tokens, pref)
         return sums
 
@@ -445,7 +459,7 @@ class Trainer:
         bar.close()
         if self.skipped_total:
             logger.warning(f"{self.skipped_total} pair(s) skipped in all for exceeding max_length={cfg.max_length}")
-        export_dir = Path(cfg.export_dir or Path(cfg.output_dir) / "model")
+        export_dir = Path(cfg.export_dir or Path(cfg.output_dir) / "final")
         export_model(accelerator, self.module, self.tokenizer, export_dir)
         self.metrics.close()
         logger.info(f"exported the policy to {export_dir}")
