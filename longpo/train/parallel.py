@@ -96,6 +96,18 @@ def init_mesh(sp_size: int = 1) -> Mesh:
                 sp_group=sp_group if sp_size > 1 else None, dp_group=dp_group if dp_size > 1 else None)
 
 
+def all_reduce_dp(values: torch.Tensor, mesh: Mesh) -> torch.Tensor:
+    """Sum per-sample values (counts, metric sums) over the DP group: the ranks of an SP group share
+    a sample, so a sum over the world would count it sp_size times."""
+    if mesh.dp_size == 1:
+        return values
+    import torch.distributed as dist
+
+    values = values.clone()
+    dist.all_reduce(values, group=mesh.dp_group)
+    return values
+
+
 # ---------------------------------------------------------------- batch sharding and gathering
 
 

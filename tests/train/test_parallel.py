@@ -100,3 +100,17 @@ def test_one_process_mesh_is_a_no_op(tokenizer):
     assert shard_batch(batch, mesh) is batch
     with pytest.raises(ValueError, match="needs torch.distributed"):
         init_mesh(2)
+
+
+def test_a_shard_without_targets_still_runs_the_lm_head():
+    """An SP shard can hold no target; lm_head must still join the graph (DDP needs its gradient,
+    ZeRO-3 its gather on every rank), and the dtype must match the other ranks' for the all-reduce."""
+    from longpo.train.logps import chunked_target_logps
+
+    head = torch.nn.Linear(8, 50, bias=False, dtype=torch.float64)
+    hidden = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    out = chunked_target_logps(hidden[:0], head, torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0,) and out.dtype == torch.float64
+    out.sum().backward()
+    assert head.weight.grad is not None and not head.weight.grad.any()
+    assert hidden.grad is not None
