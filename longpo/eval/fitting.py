@@ -63,18 +63,27 @@ def fit_size(measure: Callable[[int], int], budget: int, start: int = 8, what: s
              upper: int | None = None) -> int:
     """Largest `n >= 1` (and `<= upper`) with `measure(n) <= budget`, assuming `measure` grows with `n`.
 
-    `start` is a first guess; the search doubles from it until it overshoots, then bisects, so it
-    costs O(log n) measurements (each a tokenisation of a full prompt).
+    `start` is a first guess; a linear estimate from it (then doubling) brackets the answer, and
+    bisection finishes, so it costs O(log n) measurements (each a tokenisation of a full prompt).
     """
-    if measure(1) > budget:
-        raise PromptTooLong(f"{what}: even the smallest haystack needs {measure(1)} tokens, over the budget of {budget}")
-    if upper is not None and measure(upper) <= budget:
-        return upper  # all the material there is fits
-    lo, hi = 1, max(2, start) if upper is None else min(max(2, start), upper)
-    while measure(hi) <= budget:
-        lo, hi = hi, (hi * 2 if upper is None else min(hi * 2, upper))
-        if hi > 1 << 26:
+    smallest = measure(1)
+    if smallest > budget:
+        raise PromptTooLong(f"{what}: even the smallest haystack needs {smallest} tokens, over the budget of {budget}")
+    cap = upper if upper is not None else 1 << 26
+    lo, hi = 1, min(max(2, start), cap)
+    first = measure(hi)
+    if first <= budget and hi < cap:
+        # Haystacks grow about linearly: jump to just past the linear estimate instead of doubling from `start`.
+        per_unit = max((first - smallest) / (hi - 1), 1e-9)
+        lo, hi = hi, min(cap, max(hi + 1, int(hi + 1.02 * (budget - first) / per_unit) + 1))
+        first = measure(hi)
+    while first <= budget:
+        if hi >= cap:
+            if upper is not None:
+                return upper  # all the material there is fits
             raise RuntimeError(f"{what}: the prompt does not grow with the haystack size (measure({hi}) <= {budget})")
+        lo, hi = hi, min(hi * 2, cap)
+        first = measure(hi)
     # invariant: measure(lo) <= budget < measure(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2

@@ -25,16 +25,6 @@ metadata:
 """
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer):
-    from longpo.tiny import build_tiny_model
-
-    path = tmp_path_factory.mktemp("tiny_ckpt")
-    build_tiny_model("llama", vocab_size=len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_short_tasks_through_lm_eval(tmp_path, checkpoint):
     pytest.importorskip("lm_eval")
     from longpo.eval.lm_eval import run_short_tasks
