@@ -34,6 +34,55 @@ def _torchrun(nproc: int, suite: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+TRAIN_RECIPE = """\
+model: tiny
+dtype: float64
+tiny_records: 8
+pairs_per_micro_batch: 2
+gradient_accumulation_steps: 2
+max_steps: 2
+optimizer: adamw
+learning_rate: 1.0e-3
+warmup_ratio: 0.0
+beta: 0.1
+lam: 0.1
+max_length: 4096
+progress_bar: false
+seed: 3
+attention_backend: sdpa
+"""
+
+
+def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
+    """`longpo train sp_size=2` under torchrun (2 gloo ranks, accelerate MULTI_CPU) writes the same
+    metrics and the same final weights as the one-process run: 2 AdamW steps, float64."""
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRAIN_RECIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    train = ["-m", "longpo.cli", "train", "--config", str(recipe)]
+    runs = {
+        "one": [sys.executable, *train, f"output_dir={tmp_path / 'one'}"],
+        "sp2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train,
+                "sp_size=2", f"output_dir={tmp_path / 'sp2'}"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+    assert len(rows["one"]) == len(rows["sp2"]) == 2
+    timing = {"tokens_per_s", "pairs_per_s", "seconds"}
+    for a, b in zip(rows["one"], rows["sp2"]):
+        assert a.keys() == b.keys()
+        for key in a.keys() - timing:
+            assert b[key] == pytest.approx(a[key], rel=1e-10, abs=1e-12), f"step {a['step']} {key}: {b[key]} != {a[key]}"
+    weights = {n: load_file(next((tmp_path / n / "final").glob("*.safetensors"))) for n in runs}
+    for key, w in weights["one"].items():
+        torch.testing.assert_close(weights["sp2"][key], w, rtol=1e-10, atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")
+
+
 def test_sp2_equals_one_process(tmp_path):
     """sp 2: Llama / Mistral / Qwen2, 1 and 2 turns, 9 heads on 2 ranks, kv heads < sp, odd row length,
     3 AdamW steps; loss, every metric and every gradient match one process."""
