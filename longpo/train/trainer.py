@@ -22,6 +22,7 @@ Parallelism comes from outside: `Trainer.forward_fn` (default `forward_pairs`) a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -202,7 +203,8 @@ def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
     out = Path(cfg.output_dir)
     model_dir, records_file = out / "original_model", out / "tiny_records.jsonl"
     if accelerator.is_main_process and not (model_dir / "config.json").is_file():
-        tokenizer, model = build_tiny_tokenizer(), build_tiny_model("llama", seed=0, max_position_embeddings=2048)
+        with plain_init(accelerator):  # the original model is built whole, not as ZeRO-3 shards
+            tokenizer, model = build_tiny_tokenizer(), build_tiny_model("llama", seed=0, max_position_embeddings=2048)
         tmp = out / ".tmp-original_model"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
@@ -214,6 +216,22 @@ def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
     accelerator.wait_for_everyone()
     read_records(records_file, require_reference=True)  # fail here, not mid-run, on a damaged file
     return dataclasses.replace(cfg, model=str(model_dir), train_file=str(records_file))
+
+
+@contextlib.contextmanager
+def plain_init(accelerator: Any) -> Any:
+    """Build models whole inside this context, even where ZeRO-3 would partition them at init."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def set_rope_theta(config: Any, theta: float) -> None:
