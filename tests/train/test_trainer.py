@@ -115,6 +115,34 @@ def test_batch_4x1_equals_batch_1x4_accumulation(base, tmp_path):
     assert moved == len(wa), "every tensor gets a gradient"
 
 
+def test_two_data_parallel_ranks_equal_one_process(base, records, tmp_path):
+    """2 gloo ranks x 2 micro-batches equal 1 process x 4 micro-batches (float64, SGD): the pair and
+    token counts are summed over ranks and the DDP gradient average is undone. 7 records: the last
+    step has 3 pairs, so one rank tops its share up with a weight-0 filler micro-batch."""
+    from safetensors.torch import load_file
+
+    src, _ = base
+    path = write_jsonl(tmp_path / "seven.jsonl", records[:7])
+    common = dict(model=str(src / "original_model"), train_file=str(path), dtype="float64", optimizer="sgd",
+                  learning_rate=0.5, pairs_per_micro_batch=1, max_grad_norm=0.0)
+    run(output_dir=str(tmp_path / "one"), gradient_accumulation_steps=4, **common)
+    args = [f"{k}={v}" for k, v in (FAST | common).items()] + [f"output_dir={tmp_path / 'two'}",
+                                                               "gradient_accumulation_steps=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "longpo.cli", "train", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["pairs"] for r in one] == [r["pairs"] for r in two] == [4, 3]
+    for a, b in zip(one, two):
+        for key in ("loss", "nll", "pref_loss", "rewards/margin", "grad_norm", "tokens"):
+            assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), (a["step"], key)
+    wa, wb = load_file(tmp_path / "one" / "final" / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_kill_and_resume_reproduces_an_uninterrupted_run(base, tmp_path):
     """Kill a real training process after its step-10 checkpoint, resume: metrics.jsonl equals a run
     that was never interrupted (losses, rewards, lr, grad norms, to float32 round-off at most)."""
