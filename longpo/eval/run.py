@@ -145,7 +145,19 @@ def check_inputs(cfg: Config) -> None:
                          "if the model extrapolates")
 
 
+def load_tokenizer(cfg: Config) -> Any:
+    """The evaluated model's tokenizer, from a local folder: prompts are fitted with it before any model loads."""
+    from transformers import AutoTokenizer
+
+    path = cfg.tokenizer or cfg.model
+    if cfg.backend == "openai" and not cfg.tokenizer:
+        raise ValueError("backend=openai: set tokenizer= to a local copy of the served model's tokenizer "
+                         "(prompts are fitted to the target lengths with it)")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 def make_backend(cfg: Config) -> Any:
+    """The generation backend by name, from the lookup the generation stage uses."""
     from longpo.data import backends
 
     return backends.make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
@@ -207,16 +219,17 @@ def main(cfg: Config) -> int:
     results: list[dict] = []
     skipped: list[dict] = []
     if cfg.ruler.enabled or cfg.infinitebench.enabled:
-        backend = make_backend(cfg)
-        try:
-            fmt = PromptFormat(backend.tokenizer, cfg.chat_template, cfg.system_prompt)
-            tasks, sweep, skipped = build_tasks(cfg, fmt)
-            for s in skipped:
-                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-            sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-            results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
-        finally:
-            backend.close()
+        fmt = PromptFormat(load_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
+        tasks, sweep, skipped = build_tasks(cfg, fmt)
+        for s in skipped:
+            print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+        if tasks or sweep:
+            backend = make_backend(cfg)
+            try:
+                sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
+                results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
+            finally:
+                backend.close()
     short = None
     if cfg.short.enabled:
         from longpo.eval.lm_eval import run_short_tasks
