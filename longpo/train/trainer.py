@@ -451,13 +451,10 @@ class Trainer:
             micro, skipped = self.fetch_step(self.step)
             sums = self.train_step(micro, len(skipped)).reduce(accelerator)
             if not math.isfinite(sums.loss):
-                ids = sorted({i for mb in micro if mb.weight > 0 for i in mb.batch.ids})
-                raise TrainingError(
-                    f"non-finite loss ({sums.loss}) at step {self.step + 1}; records of this step on rank "
-                    f"{accelerator.process_index}: {ids}. No update and no checkpoint were written for this step; "
-                    f"the last good checkpoint in {cfg.output_dir} is intact"
-                )
+                self.stop(f"non-finite loss ({sums.loss})", micro)
             grad_norm = accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
+            if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                self.stop(f"non-finite gradient norm ({float(grad_norm)})", micro)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -482,6 +479,15 @@ class Trainer:
         self.metrics.close()
         logger.info(f"exported the policy to {export_dir}")
         return {"export_dir": str(export_dir), "steps": self.step, "last": row, "skipped_overlong": self.skipped_total}
+
+    def stop(self, what: str, micro: list) -> None:
+        """Raise before the optimizer step: the weights and the last checkpoint stay as they were."""
+        ids = sorted({i for mb in micro if mb.weight > 0 for i in mb.batch.ids})
+        raise TrainingError(
+            f"{what} at step {self.step + 1}; records of this step on rank {self.accelerator.process_index}: {ids}. "
+            f"No update and no checkpoint were written for this step; the last good checkpoint in "
+            f"{self.cfg.output_dir} is intact"
+        )
 
     def checkpoint_state(self) -> dict:
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)

@@ -177,7 +177,7 @@ def test_kill_and_resume_reproduces_an_uninterrupted_run(base, tmp_path):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["step"], key)
 
 
-def test_dpo_first_step_preference_loss_is_ln2_and_sft_has_no_preference_term(base, tmp_path):
+def test_dpo_first_step_preference_loss_is_ln2_and_sft_has_no_preference_term_and_logs_to_tensorboard(base, tmp_path):
     """dpo: the reference is the initial policy on the same long prompt, so at step 1 every pair
     has margin 0 and -log sigmoid(0) = ln 2. sft: loss = nll."""
     src, _ = base
@@ -187,9 +187,10 @@ def test_dpo_first_step_preference_loss_is_ln2_and_sft_has_no_preference_term(ba
     row = metrics(tmp_path / "dpo")[0]
     assert row["pref_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert row["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
-    run(output_dir=str(tmp_path / "sft"), loss="sft", **common)
+    run(output_dir=str(tmp_path / "sft"), loss="sft", report_to=["tensorboard"], **common)
     row = metrics(tmp_path / "sft")[0]
     assert "pref_loss" not in row and row["loss"] == pytest.approx(row["nll"], rel=1e-6)
+    assert list((tmp_path / "sft" / "logs").rglob("events.out.tfevents.*")), "report_to=[tensorboard] wrote nothing"
 
 
 # ------------------------------------------------------------------------------------- bad input
