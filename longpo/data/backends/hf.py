@@ -1,0 +1,206 @@
+"""Hugging Face transformers backend (CPU or GPU): batched generation, exact scoring, shared-prefix reuse.
+
+Prompts that start with the same long document (the rejected answers of every question on one
+document) share one prefill: the document's KV cache is computed once and copied for each
+question. Greedy prompts without a shared prefix are generated in left-padded batches; sampled
+prompts one at a time with a per-prompt seed, so a prompt's sample does not depend on which
+other prompts share its batch (resumed runs reproduce uninterrupted ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from pathlib import Path
+from typing import Any
+
+from longpo.data.backends.base import Sampling
+
+
+def load_model(path: str, dtype: str = "auto", device: str | None = None, rope_theta: float | None = None,
+               max_position_embeddings: int | None = None, attn_implementation: str = "sdpa") -> Any:
+    """A local causal LM, safetensors only, no remote code; RoPE base / max length overridable."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model {path!r}: not a local model folder (nothing is downloaded)")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    if rope_theta is not None:
+        rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+        rope["rope_theta"] = float(rope_theta)
+        config.rope_parameters = rope
+    if max_position_embeddings is not None:
+        config.max_position_embeddings = int(max_position_embeddings)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False,
+        attn_implementation=attn_implementation,
+    )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer {path!r}: not a local folder (nothing is downloaded)")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class HFBackend:
+    """`Backend` over a local transformers model."""
+
+    def __init__(self, model: Any, tokenizer: Any = None, dtype: str = "auto", device: str | None = None,
+                 rope_theta: float | None = None, max_position_embeddings: int | None = None,
+                 batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "sdpa"):
+        if isinstance(model, (str, Path)):
+            self.tokenizer = load_tokenizer(str(tokenizer or model)) if not hasattr(tokenizer, "encode") else tokenizer
+            self.model = load_model(str(model), dtype, device, rope_theta, max_position_embeddings, attn_implementation)
+        else:  # an already built model (tests, the demo, `longpo reference` on a live policy)
+            self.model = model.eval()
+            self.tokenizer = tokenizer if hasattr(tokenizer, "encode") else load_tokenizer(str(tokenizer))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        self.min_shared_prefix = min_shared_prefix
+        self.stats = {"prefill_tokens": 0, "reused_prefix_tokens": 0, "generated_tokens": 0}
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- generation
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+    def _gen_kwargs(self, sampling: Sampling) -> dict:
+        kw = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if self.tokenizer.eos_token_id is not None:
+            kw["eos_token_id"] = self.tokenizer.eos_token_id
+        if sampling.temperature > 0:
+            kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _decode(self, ids: list[int]) -> str:
+        self.stats["generated_tokens"] += len(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _seed(self, sampling: Sampling, ids: list[int]) -> None:
+        import torch
+
+        if sampling.temperature > 0:
+            torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(bytes(str(ids[-64:]), "utf-8")))
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
+        """Completions in prompt order; runs of prompts sharing a long prefix reuse one prefill."""
+        encoded = self._encode(prompts)
+        out: list[str | None] = [None] * len(prompts)
+        groups = self._group_by_prefix(encoded)
+        singles = [g[0] for g, shared in groups if shared == 0]
+        for group, shared in groups:
+            if shared:
+                for i, text in zip(group, self._generate_shared([encoded[i] for i in group], shared, sampling)):
+                    out[i] = text
+        if sampling.temperature > 0:
+            for i in singles:
+                out[i] = self._generate_one(encoded[i], sampling)
+        else:
+            for start in range(0, len(singles), self.batch_size):
+                idx = singles[start : start + self.batch_size]
+                for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], sampling)):
+                    out[i] = text
+        return [t if t is not None else "" for t in out]
+
+    def _group_by_prefix(self, encoded: list[list[int]]) -> list[tuple[list[int], int]]:
+        """Consecutive prompts sharing >= min_shared_prefix tokens form a group (with the shared length)."""
+        groups: list[tuple[list[int], int]] = []
+        i = 0
+        while i < len(encoded):
+            group, shared = [i], len(encoded[i])
+            j = i + 1
+            while j < len(encoded):
+                s = common_prefix_length(encoded[i], encoded[j])
+                if s < self.min_shared_prefix:
+                    break
+                group.append(j)
+                shared = min(shared, s)
+                j += 1
+            groups.append((group, shared - 1 if len(group) > 1 else 0))  # keep >= 1 token to feed generate
+            i = j
+        return groups
+
+    def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None) -> str:
+        import torch
+
+        self._seed(sampling, ids)
+        input_ids = torch.tensor([ids], device=self.device)
+        cached = cache.get_seq_length() if cache is not None else 0
+        self.stats["prefill_tokens"] += len(ids) - cached
+        with torch.no_grad():
+            result = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                         past_key_values=cache, **self._gen_kwargs(sampling))
+        return self._decode(result[0, len(ids):].tolist())
+
+    def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[str]:
+        """Prefill the shared prefix once, then continue each prompt from a copy of its cache."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        prefix = torch.tensor([group[0][:shared]], device=self.device)
+        with torch.no_grad():
+            self.model(input_ids=prefix, past_key_values=cache, use_cache=True)
+        self.stats["prefill_tokens"] += shared
+        self.stats["reused_prefix_tokens"] += shared * (len(group) - 1)
+        return [self._generate_one(ids, sampling, cache=copy.deepcopy(cache)) for ids in group]
+
+    def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[str]:
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
+        self.stats["prefill_tokens"] += sum(len(ids) for ids in batch)
+        with torch.no_grad():
+            result = self.model.generate(input_ids=input_ids, attention_mask=mask, **self._gen_kwargs(sampling))
+        return [self._decode(row[width:].tolist()) for row in result]
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:
+        """Summed log-prob of masked tokens, each predicted from the tokens before it (exact, no full logits)."""
+        import torch
+
+        from longpo.train.logps import chunked_target_logps
+
+        out = []
+        head = self.model.get_output_embeddings()
+        for n, (ids, mask) in enumerate(zip(sequences, masks)):
+            assert len(ids) == len(mask), f"sequence {n}: {len(ids)} tokens but {len(mask)} mask entries"
+            assert not mask[0], f"sequence {n}: the first token cannot be scored (nothing precedes it)"
+            src = [j - 1 for j in range(1, len(ids)) if mask[j]]
+            with torch.no_grad():
+                input_ids = torch.tensor([ids], device=self.device)
+                hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[0]
+                idx = torch.tensor(src, dtype=torch.long, device=self.device)
+                logps = chunked_target_logps(hidden.index_select(0, idx), head, input_ids[0, idx + 1])
+            out.append(float(logps.double().sum()))
+        return out
+
+    def close(self) -> None:
+        self.model = None
