@@ -124,25 +124,3 @@ def make_tiny_records(num_records: int = 32, doc_sentences: int = 24, seed: int 
         })
     return records
 
-
-def add_short_reference_logps(model: Any, tokenizer: Any, records: list[dict]) -> list[dict]:
-    """Fill ref_chosen_logp / ref_rejected_logp of every turn: log pi_S(answer | [chunk; question]), summed.
-
-    A plain forward of the original model on each short sequence (tiny data only; real data goes
-    through `longpo reference`).
-    """
-    import torch
-
-    from longpo.data.records import tokenize_short
-
-    model.eval()
-    with torch.no_grad():
-        for record in records:
-            for turn in record["turns"]:
-                for branch in ("chosen", "rejected"):
-                    ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], turn[branch])
-                    input_ids = torch.tensor([ids])
-                    logps = model(input_ids=input_ids, use_cache=False).logits[0, :-1].double().log_softmax(-1)
-                    token_logps = logps.gather(-1, input_ids[0, 1:, None]).squeeze(-1)  # (T-1,)
-                    turn[f"ref_{branch}_logp"] = float(token_logps[torch.tensor(mask[1:])].sum())
-    return records

@@ -195,10 +195,12 @@ def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
     import os
     import shutil
 
+    from longpo.data.backends.hf import HFBackend
     from longpo.data.records import read_records
+    from longpo.data.reference import add_reference_logps
     from longpo.files import atomic_write_jsonl
     from longpo.tiny import build_tiny_model, build_tiny_tokenizer
-    from longpo.train.data import add_short_reference_logps, make_tiny_records
+    from longpo.train.data import make_tiny_records
 
     out = Path(cfg.output_dir)
     model_dir, records_file = out / "original_model", out / "tiny_records.jsonl"
@@ -210,7 +212,8 @@ def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, model_dir)
-        records = add_short_reference_logps(model, tokenizer, make_tiny_records(cfg.tiny_records, seed=0))
+        # The reference stage's own scoring: the original model on the SHORT prompts.
+        records = add_reference_logps(HFBackend(model, tokenizer), tokenizer, make_tiny_records(cfg.tiny_records, seed=0))
         atomic_write_jsonl(records_file, records)
         logger.info(f"built the tiny original model in {model_dir} and {len(records)} records in {records_file}")
     accelerator.wait_for_everyone()
