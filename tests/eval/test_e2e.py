@@ -26,7 +26,6 @@ class Killed(Exception):
 
 
 def test_eval_end_to_end_resumes_after_a_kill(tmp_path, checkpoint, data_dir, monkeypatch, capsys):
-    pytest.importorskip("longpo.data.backends.hf", reason="the HF generation backend has not landed yet")
     out = tmp_path / "run"
     real_make_backend = eval_run.make_backend
     calls = {"n": 0, "limit": 3}
