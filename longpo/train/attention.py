@@ -90,6 +90,14 @@ def _flex(q, k, v, block_mask, scaling: float | None) -> torch.Tensor:
     return fn(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
 
 
+def _common_dtype(q, k, v):
+    """Under autocast RoPE leaves q/k in float32 and v in bf16; SDPA with a bias object checks dtypes
+    before autocast would cast them, so cast here to the autocast dtype (or q's dtype)."""
+    device_type = q.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else q.dtype
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def shared_prefix_attention(
     q: torch.Tensor,  # (B, H, T, D)
     k: torch.Tensor,  # (B, Hkv, T, D)
@@ -102,6 +110,7 @@ def shared_prefix_attention(
     """Attention under a shared-prefix layout over the full sequence; returns (B, H, T, D)."""
     assert q.shape[2] == layout.total_len, f"q has {q.shape[2]} positions, layout {layout.total_len}"
     assert q.shape[1] % k.shape[1] == 0, f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
+    q, k, v = _common_dtype(q, k, v)
     if backend == "sdpa":
         return _sdpa_spans(q, k, v, layout, scaling)
     if backend == "flex":
