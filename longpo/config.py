@@ -89,6 +89,11 @@ def build_config(cls: type[C], values: dict, where: str = "config") -> C:
             value = build_config(tp, value, f"{where}.{name}")
         elif tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif tp is float and isinstance(value, str):  # YAML 1.1 reads 1e7 (no dot, no sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {name}={value!r} is not a number") from None
         elif tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         elif typing.get_origin(tp) in (list, tuple) and isinstance(value, str):

@@ -37,3 +37,15 @@ def test_unknown_key_names_valid_ones(tmp_path):
         load_config(Cfg, tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    @dataclass(kw_only=True)
+    class Rope:
+        rope_theta: float | None = help_field(None, "theta")
+
+    path = tmp_path / "c.yaml"
+    path.write_text("rope_theta: 1e7\n")
+    assert load_config(Rope, path).rope_theta == 1e7
+    with pytest.raises(ConfigError, match="rope_theta='x' is not a number"):
+        load_config(Rope, None, ["rope_theta=x"])

@@ -99,13 +99,6 @@ class Config:
         from longpo.train.attention import BACKENDS
         from longpo.train.loss import LOSS_MODES, NLL_MODES
 
-        for f in dataclasses.fields(self):  # YAML 1.1 reads 1e7 (no sign, no dot) as a string
-            value = getattr(self, f.name)
-            if f.type in ("float", "float | None") and isinstance(value, str):
-                try:
-                    setattr(self, f.name, float(value))
-                except ValueError:
-                    raise ValueError(f"{f.name}={value!r} is not a number") from None
         choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
                    "dtype": tuple(DTYPES), "mixed_precision": MIXED_PRECISION,
                    "attention_backend": ("auto",) + BACKENDS}
