@@ -101,7 +101,7 @@ def read_records(path: str | Path, require_reference: bool = False) -> list[dict
 
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
         if not files:
             raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
     elif path.is_file():
