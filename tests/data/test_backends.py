@@ -1,10 +1,8 @@
 """vLLM request building (without vLLM) and the OpenAI-compatible backend against a real loopback server."""
 
 import json
-import threading
 import time
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -12,6 +10,7 @@ from longpo.data.backends import make_backend
 from longpo.data.backends.base import Sampling
 from longpo.data.backends.openai import OpenAIBackend, ServerError
 from longpo.data.backends.vllm import engine_kwargs, sampling_params, score_params, sum_prompt_logprobs
+from tests.data.loopback import LoopbackServer
 
 
 def fake_vllm():
@@ -47,53 +46,30 @@ def test_vllm_backend_without_vllm_says_how_to_install(tokenizer):
         make_backend("vllm", model="/nowhere")
 
 
-class Server:
-    """Canned OpenAI-compatible completions server; some prompts fail or stall on their first request."""
+class Server(LoopbackServer):
+    """Canned completions; some prompts fail or stall on their first request."""
 
     def __init__(self):
         self.seen: dict[str, int] = {}
         self.auth: list[str] = []
-        owner = self
+        super().__init__(self.reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.auth.append(self.headers.get("Authorization", ""))
-                prompt = payload["prompt"]
-                key = json.dumps(prompt)
-                owner.seen[key] = owner.seen.get(key, 0) + 1
-                first = owner.seen[key] == 1
-                if isinstance(prompt, str) and ("ALWAYS_500" in prompt or ("FAIL_ONCE" in prompt and first)):
-                    return self._send(500, {"error": "boom"})
-                if isinstance(prompt, str) and "BAD_REQUEST" in prompt:
-                    return self._send(400, {"error": "prompt too long"})
-                if isinstance(prompt, str) and "SLOW_ONCE" in prompt and first:
-                    time.sleep(1.5)
-                if isinstance(prompt, list):  # echo scoring: token j gets -0.5 * (j % 3), the first None
-                    values = [None] + [-0.5 * (j % 3) for j in range(1, len(prompt))] + [-9.0]
-                    return self._send(200, {"choices": [{"text": "x", "logprobs": {"token_logprobs": values}}]})
-                return self._send(200, {"choices": [{"text": f" reply to {prompt[-12:]}"}]})
-
-            def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except BrokenPipeError:
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+    def reply(self, payload, headers):
+        self.auth.append(headers.get("Authorization", ""))
+        prompt = payload["prompt"]
+        key = json.dumps(prompt)
+        self.seen[key] = self.seen.get(key, 0) + 1
+        first = self.seen[key] == 1
+        if isinstance(prompt, list):  # echo scoring: token j gets -0.5 * (j % 3), the first None
+            values = [None] + [-0.5 * (j % 3) for j in range(1, len(prompt))] + [-9.0]
+            return 200, {"choices": [{"text": "x", "logprobs": {"token_logprobs": values}}]}
+        if "ALWAYS_500" in prompt or ("FAIL_ONCE" in prompt and first):
+            return 500, {"error": "boom"}
+        if "BAD_REQUEST" in prompt:
+            return 400, {"error": "prompt too long"}
+        if "SLOW_ONCE" in prompt and first:
+            time.sleep(1.5)
+        return 200, {"choices": [{"text": f" reply to {prompt[-12:]}"}]}
 
 
 @pytest.fixture

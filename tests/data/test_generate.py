@@ -1,0 +1,189 @@
+"""`longpo generate` end to end: trainable records, exact reference, SIGKILL resume, shards and merge."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from torch.testing import assert_close
+
+from longpo.config import build_config
+from longpo.data.backends.hf import HFBackend
+from longpo.data.backends.openai import OpenAIBackend
+from longpo.data.corpus import CorpusError
+from longpo.data.generate import Config, generate, merge
+from longpo.data.records import read_records
+from longpo.tiny import build_tiny_model
+from tests.data.loopback import LoopbackServer
+from tests.data.test_reference import direct_logp
+
+WORDS = "the river city book value number code name magic secret vault long short paper".split()
+QUESTIONS = "1. What is the city?\n2. Which river is named?\n3. Who wrote the book?\n4. Why is the value secret?"
+MARK = "Number the questions"  # a phrase of the default question template
+
+
+def write_corpus(path, n_docs=6, seed=0, sizes=(20, 60)):
+    rng = random.Random(seed)
+    rows = [{"id": f"d{i}", "text": "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(*sizes))) + "."
+                                               for _ in range(10))} for i in range(n_docs)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def small(**extra):
+    values = dict(model="served", min_doc_tokens=100, max_doc_tokens=4000, min_chunk_tokens=60, max_chunk_tokens=200,
+                  num_turns=2, documents_per_group=2, progress=False,
+                  question_sampling={"temperature": 0.0, "max_new_tokens": 4},
+                  answer_sampling={"temperature": 0.0, "max_new_tokens": 10},
+                  filters={"min_words": 0, "max_repeat_ratio": 1.0, "refusal_phrases": []})
+    values.update(extra)
+    return values
+
+
+class ScriptedQuestions(HFBackend):
+    """The tiny random model cannot write questions; everything else is its own generation."""
+
+    def generate(self, prompts, sampling):
+        answers = iter(super().generate([p for p in prompts if MARK not in p], sampling))
+        return [QUESTIONS if MARK in p else next(answers) for p in prompts]
+
+
+def test_hf_end_to_end_records_are_trainable_with_exact_reference(tmp_path, tokenizer):
+    model = build_tiny_model("llama", dtype=torch.float64, seed=7)
+    backend = ScriptedQuestions(model, tokenizer)
+    cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 3)), output_dir=str(tmp_path / "o")))
+    stats = generate(cfg, backend=backend, ref_backend=backend)
+    records = read_records(tmp_path / "o", require_reference=True)
+    assert len(records) == stats["records"] == 3
+    assert stats["pairs_kept"] == sum(len(r["turns"]) for r in records) == 6
+    assert stats["questions_parsed"] == stats["question_replies"] == 6
+    for rec in records:
+        for turn in rec["turns"]:
+            assert turn["chunk"] in rec["document"]
+            assert turn["question"].startswith("According to the passage above, ")
+            for branch in ("chosen", "rejected"):
+                expected = direct_logp(model, tokenizer, turn["chunk"], turn["question"], turn[branch])
+                assert_close(turn[f"ref_{branch}_logp"], expected, rtol=1e-12, atol=1e-10)
+    assert (tmp_path / "o" / "resolved_config.yaml").exists() and (tmp_path / "o" / "stats.json").exists()
+
+
+def canned(delay=0.0):
+    """Questions for question prompts; an answer that depends on the prompt otherwise; echo log-probs."""
+
+    def reply(payload, headers):
+        time.sleep(delay)
+        prompt = payload["prompt"]
+        if isinstance(prompt, list):
+            return 200, {"choices": [{"text": "", "logprobs": {"token_logprobs": [None] + [-0.25] * len(prompt)}}]}
+        if MARK in prompt:
+            return 200, {"choices": [{"text": QUESTIONS}]}
+        h = hashlib.sha1(prompt.encode()).hexdigest()
+        return 200, {"choices": [{"text": f"The answer is {h[:6]} near the {WORDS[int(h[6], 16) % len(WORDS)]}."}]}
+
+    return reply
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+def run_cli(cfg_values, tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg_values))
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.Popen([sys.executable, "-m", "longpo.cli", "generate", "--config", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def by_id(folder):
+    records = read_records(folder, require_reference=True)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "duplicate pairs"
+    return {r["id"]: r for r in records}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path, tokenizer_dir):
+    server = LoopbackServer(canned(delay=0.03))
+    try:
+        corpus = write_corpus(tmp_path / "c.jsonl", 10)
+        values = small(corpus=str(corpus), backend="openai", tokenizer=tokenizer_dir,
+                       backend_args={"base_url": server.url, "concurrency": 1, "backoff": 0.01})
+        full = run_cli({**values, "output_dir": str(tmp_path / "full")}, tmp_path, "full")
+        assert full.wait(timeout=300) == 0, full.stderr.read()
+
+        killed_dir = tmp_path / "killed"
+        proc = run_cli({**values, "output_dir": str(killed_dir)}, tmp_path, "killed")
+        manifest = killed_dir / "manifest.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if manifest.exists() and len(json.loads(manifest.read_text())["done_groups"]) >= 1:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_at_kill = len(json.loads(manifest.read_text())["done_groups"])
+        assert 1 <= done_at_kill < 5
+        rerun = run_cli({**values, "output_dir": str(killed_dir)}, tmp_path, "killed")
+        assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+        assert by_id(killed_dir) == by_id(tmp_path / "full")
+        stats_full = json.loads((tmp_path / "full" / "stats.json").read_text())
+        stats_killed = json.loads((killed_dir / "stats.json").read_text())
+        assert stats_killed["pairs_kept"] == stats_full["pairs_kept"] and stats_killed["documents"] == 10
+    finally:
+        server.close()
+
+
+def test_shards_partition_the_corpus_and_merge_dedups(tmp_path, tokenizer_dir):
+    server = LoopbackServer(canned())
+    try:
+        corpus = write_corpus(tmp_path / "c.jsonl", 8)
+        backend = OpenAIBackend("served", tokenizer_dir, base_url=server.url)
+
+        def run(out, **extra):
+            cfg = build_config(Config, small(corpus=str(corpus), output_dir=str(tmp_path / out), **extra))
+            return generate(cfg, backend=backend, ref_backend=backend)
+
+        run("all")
+        run("s0", num_shards=2, shard_index=0)
+        run("s1", num_shards=2, shard_index=1)
+        ids0, ids1 = set(by_id(tmp_path / "s0")), set(by_id(tmp_path / "s1"))
+        assert ids0 and ids1 and not ids0 & ids1
+        stats = merge([str(tmp_path / "s0"), str(tmp_path / "s1"), str(tmp_path / "s1")], str(tmp_path / "merged"))
+        assert by_id(tmp_path / "merged") == by_id(tmp_path / "all")
+        assert stats["records"] == 8
+        with pytest.raises(ValueError, match="belongs to shard 0 of 2"):
+            run("s0", num_shards=2, shard_index=1)
+    finally:
+        server.close()
+
+
+def test_out_of_bounds_documents_are_counted_and_empty_corpus_is_an_error(tmp_path, tokenizer_dir):
+    server = LoopbackServer(canned())
+    try:
+        backend = OpenAIBackend("served", tokenizer_dir, base_url=server.url)
+        corpus = write_corpus(tmp_path / "c.jsonl", 4)
+        with open(corpus, "a") as f:
+            f.write(json.dumps({"id": "tiny", "text": "too short."}) + "\n")
+            f.write(json.dumps({"id": "huge", "text": " ".join(["river"] * 5000)}) + "\n")
+            f.write(json.dumps({"id": "blank", "text": "   "}) + "\n")
+        cfg = build_config(Config, small(corpus=str(corpus), output_dir=str(tmp_path / "o")))
+        stats = generate(cfg, backend=backend, ref_backend=backend)
+        assert stats["documents"] == 7 and stats["records"] == 4
+        assert stats["skipped"] == {"too_short": 1, "too_long": 1, "empty": 1}
+        (tmp_path / "empty.jsonl").write_text("")
+        with pytest.raises(CorpusError, match="no documents"):
+            generate(build_config(Config, small(corpus=str(tmp_path / "empty.jsonl"), output_dir=str(tmp_path / "e"))),
+                     backend=backend, ref_backend=backend)
+    finally:
+        server.close()
