@@ -2,7 +2,7 @@
 
     hf      transformers, CPU or GPU (always available)
     vllm    vLLM, GPU (optional extra `longpo[vllm]`)
-    openai  any OpenAI-compatible HTTP server (optional extra `longpo[openai]`)
+    openai  any OpenAI-compatible HTTP server (standard library only, no extra needed)
 """
 
 from __future__ import annotations
