@@ -18,26 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from memory import peak_mb, rss_mb  # benchmarks/memory.py (this folder is on sys.path)
+
 ANSWER_TOKENS = 256
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_pair(length: int, vocab: int, seed: int):
@@ -88,11 +77,11 @@ def worker(args) -> None:
     step(pack_pairs([make_pair(64, 32000, 1)]))  # warm-up: allocates the gradients
     batch = pack_pairs([make_pair(args.length, 32000, 0)])
     dist.barrier()
-    base = _rss_mb()
+    base = rss_mb()
     times = [step(batch) for _ in range(args.steps)]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved_mb = sum(n for ptr, n in saved.items() if ptr not in params) / 2**20
-    result = torch.tensor([max(_peak_mb() - base, 0.0), min(times), saved_mb], dtype=torch.float64)
+    result = torch.tensor([max(peak_mb() - base, 0.0), min(times), saved_mb], dtype=torch.float64)
     dist.all_reduce(result, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
         Path(args.out).write_text(json.dumps({"sp": sp, "tokens": int(batch.num_tokens),

@@ -17,25 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
+from memory import peak_mb, rss_mb  # benchmarks/memory.py (this folder is on sys.path)
+
 WORDS = ("alpha beta gamma delta river city stone paper light green north quiet market garden "
          "winter silver engine letter window number").split()
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_records(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> list[dict]:
@@ -109,12 +98,12 @@ def run_ours(method: str, length: int, args) -> dict:
         optim.zero_grad(set_to_none=True)
 
     step(0)  # warm-up; also creates the optimizer state outside the measured peak
-    base = _rss_mb()
+    base = rss_mb()
     t0 = time.perf_counter()
     for i in range(args.steps):
         step(i + 1)
     elapsed = time.perf_counter() - t0
-    return {"pairs_per_s": args.steps / elapsed, "peak_mb": max(_peak_mb() - base, 0.0)}
+    return {"pairs_per_s": args.steps / elapsed, "peak_mb": max(peak_mb() - base, 0.0)}
 
 
 def run_trl(length: int, args) -> dict:
@@ -138,7 +127,7 @@ def run_trl(length: int, args) -> dict:
         def on_step_begin(self, a, state, control, **kw):
             marks["t"] = time.perf_counter()
             if state.global_step == 1:
-                marks["base"] = _rss_mb()
+                marks["base"] = rss_mb()
 
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter() - marks["t"])
@@ -153,7 +142,7 @@ def run_trl(length: int, args) -> dict:
                          callbacks=[Timer()])
     torch.manual_seed(0)
     trainer.train()
-    return {"pairs_per_s": args.steps / sum(times[1:]), "peak_mb": max(_peak_mb() - marks["base"], 0.0)}
+    return {"pairs_per_s": args.steps / sum(times[1:]), "peak_mb": max(peak_mb() - marks["base"], 0.0)}
 
 
 def worker(args) -> None:
