@@ -70,3 +70,16 @@ def test_bad_values_name_the_key():
         Config(model="models/x")
     with pytest.raises(ValueError, match="report_to.*'mlflow'"):
         Config(report_to=["mlflow"])
+
+
+def test_evolve_recipes_wire_valid_stage_configs():
+    from longpo.evolve import Config, _stage_configs
+
+    paths = sorted(CONFIGS.glob("evolve*.yaml"))
+    assert paths, "no evolve recipe"
+    for path in paths:
+        cfg = load_config(Config, path)
+        for it in cfg.iterations:
+            stages = _stage_configs(it, "/models/current", Path("/tmp/evolve-check") / it.name)
+            assert stages["train"].model == "/models/current" and stages["eval"].model.endswith("train/final")
+            assert set(stages) >= {"generate", "train", "eval"}, path.name
