@@ -86,6 +86,9 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
+        if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
+            raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
+                             "compatible server's RoPE is set where the model is served")
 
 
 # ---------------------------------------------------------------------------------- stats

@@ -75,7 +75,7 @@ def add_reference_logps(backend: Any, tokenizer: Any, records: list[dict], overw
     return records
 
 
-def _done_ids(partial: Path) -> list[dict]:
+def _completed_rows(partial: Path) -> list[dict]:
     """Complete rows of an interrupted run; a torn last line is dropped and the file rewritten."""
     from longpo.files import atomic_write_jsonl, read_jsonl
 
@@ -99,7 +99,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")
     partial = output.with_name(output.name + ".partial")
-    done = _done_ids(partial)
+    done = _completed_rows(partial)
     done_ids = {row["id"] for row in done}
     todo = [rec for rec in records if rec["id"] not in done_ids]
     backend = backend_factory() if backend_factory else make_backend(

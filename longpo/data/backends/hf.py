@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import zlib
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ class HFBackend:
         import torch
 
         if sampling.temperature > 0:
-            torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(bytes(str(ids[-64:]), "utf-8")))
+            torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(array("q", ids).tobytes()))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
         """Completions in prompt order; runs of prompts sharing a long prefix reuse one prefill."""
