@@ -2,9 +2,12 @@
 
 Prompts that start with the same long document (the rejected answers of every question on one
 document) share one prefill: the document's KV cache is computed once and copied for each
-question. Greedy prompts without a shared prefix are generated in left-padded batches; sampled
-prompts one at a time with a per-prompt seed, so a prompt's sample does not depend on which
-other prompts share its batch (resumed runs reproduce uninterrupted ones).
+question. With `reuse_across_calls`, the backend also keeps the KV cache of its last prompt and
+answer between calls, so the next turn on the same document (`[document; q1] a1 q2`) prefills
+only what is new; `longpo generate` then feeds it one document at a time. Greedy prompts without
+a shared prefix are generated in left-padded batches; sampled prompts one at a time with a
+per-prompt seed, so a prompt's sample does not depend on which other prompts share its batch
+(resumed runs reproduce uninterrupted ones).
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class HFBackend:
 
     def __init__(self, model: Any, tokenizer: Any = None, dtype: str = "auto", device: str | None = None,
                  rope_theta: float | None = None, max_position_embeddings: int | None = None,
-                 batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "sdpa"):
+                 batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "sdpa",
+                 reuse_across_calls: bool = False):
         if isinstance(model, (str, Path)):
             self.tokenizer = load_tokenizer(str(tokenizer or model)) if not hasattr(tokenizer, "encode") else tokenizer
             self.model = load_model(str(model), dtype, device, rope_theta, max_position_embeddings, attn_implementation)
@@ -77,6 +81,8 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.min_shared_prefix = min_shared_prefix
+        self.reuse_across_calls = reuse_across_calls
+        self._kept: tuple[list[int], Any] | None = None  # (token ids, KV cache of exactly those tokens)
         self.stats = {"prefill_tokens": 0, "reused_prefix_tokens": 0, "generated_tokens": 0}
 
     @property
@@ -111,20 +117,20 @@ class HFBackend:
         """Completions in prompt order; runs of prompts sharing a long prefix reuse one prefill."""
         encoded = self._encode(prompts)
         out: list[str | None] = [None] * len(prompts)
-        groups = self._group_by_prefix(encoded)
-        singles = [g[0] for g, shared in groups if shared == 0]
-        for group, shared in groups:
+        batched = []
+        for group, shared in self._group_by_prefix(encoded):
             if shared:
                 for i, text in zip(group, self._generate_shared([encoded[i] for i in group], shared, sampling)):
                     out[i] = text
-        if sampling.temperature > 0:
-            for i in singles:
-                out[i] = self._generate_one(encoded[i], sampling)
-        else:
-            for start in range(0, len(singles), self.batch_size):
-                idx = singles[start : start + self.batch_size]
-                for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], sampling)):
-                    out[i] = text
+            elif sampling.temperature > 0 or (self.reuse_across_calls and len(encoded[group[0]]) > self.min_shared_prefix):
+                ids = encoded[group[0]]  # one at a time: its cache may be kept for the next turn
+                out[group[0]] = self._generate_one(ids, sampling, self._start_cache(ids, len(ids) - 1))
+            else:
+                batched.append(group[0])
+        for start in range(0, len(batched), self.batch_size):
+            idx = batched[start : start + self.batch_size]
+            for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], sampling)):
+                out[i] = text
         return [t if t is not None else "" for t in out]
 
     def _group_by_prefix(self, encoded: list[list[int]]) -> list[tuple[list[int], int]]:
@@ -145,7 +151,35 @@ class HFBackend:
             i = j
         return groups
 
-    def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None) -> str:
+    def _start_cache(self, ids: list[int], upto: int) -> Any:
+        """A KV cache to continue `ids` from: the kept one cropped to the tokens it shares with
+        `ids[:upto]` when that is at least `min_shared_prefix` tokens, else an empty one (or None
+        when nothing is kept between calls)."""
+        from transformers import DynamicCache
+
+        if self._kept is not None:
+            kept_ids, cache = self._kept
+            n = min(common_prefix_length(kept_ids, ids), upto)
+            if n >= self.min_shared_prefix:
+                self._kept = None  # handed over: generation extends it in place
+                cache.crop(n - cache.get_seq_length())  # a negative count removes that many tokens
+                self.stats["reused_prefix_tokens"] += n
+                return cache
+        return DynamicCache(config=self.model.config) if self.reuse_across_calls else None
+
+    def _prefill(self, ids: list[int], upto: int, cache: Any) -> Any:
+        """Extend `cache` with ids[cached:upto] (decoder only: no logits over the document)."""
+        import torch
+
+        cached = cache.get_seq_length()
+        if upto > cached:
+            with torch.no_grad():
+                self.model.get_decoder()(input_ids=torch.tensor([ids[cached:upto]], device=self.device),
+                                         past_key_values=cache, use_cache=True)
+            self.stats["prefill_tokens"] += upto - cached
+        return cache
+
+    def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None, keep: bool = True) -> str:
         import torch
 
         self._seed(sampling, ids)
@@ -155,20 +189,23 @@ class HFBackend:
         with torch.no_grad():
             result = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                          past_key_values=cache, **self._gen_kwargs(sampling))
+        if self.reuse_across_calls and keep and cache is not None and _croppable(cache):
+            # The cache now holds the prompt and the answer but its last token: the next turn's prefix.
+            self._kept = (result[0, : cache.get_seq_length()].tolist(), cache)
         return self._decode(result[0, len(ids):].tolist())
 
     def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[str]:
         """Prefill the shared prefix once, then continue each prompt from a copy of its cache."""
-        import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        prefix = torch.tensor([group[0][:shared]], device=self.device)
-        with torch.no_grad():
-            self.model(input_ids=prefix, past_key_values=cache, use_cache=True)
-        self.stats["prefill_tokens"] += shared
+        base = self._start_cache(group[0], shared)
+        base = self._prefill(group[0], shared, DynamicCache(config=self.model.config) if base is None else base)
         self.stats["reused_prefix_tokens"] += shared * (len(group) - 1)
-        return [self._generate_one(ids, sampling, cache=copy.deepcopy(cache)) for ids in group]
+        texts = []
+        for k, ids in enumerate(group):
+            last = k == len(group) - 1
+            texts.append(self._generate_one(ids, sampling, cache=base if last else copy.deepcopy(base), keep=last))
+        return texts
 
     def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[str]:
         import torch
@@ -205,3 +242,10 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+        self._kept = None
+
+
+def _croppable(cache: Any) -> bool:
+    """Only full (non-sliding) attention caches can be cut back to a shared prefix."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
