@@ -41,6 +41,10 @@ class Config:
     rope_theta: float | None = help_field(None, "RoPE base of the generator for the long-context (rejected) "
                                                 "answers; the reference keeps the original")
     max_position_embeddings: int | None = help_field(None, "max positions of the generator (with rope_theta)")
+    original_for_short_steps: bool = help_field(True, "with a RoPE override, questions and chosen answers come from "
+                                                      "the original model (pi_S on short prompts) and only the "
+                                                      "rejected answers from the generator; false: the generator "
+                                                      "does every step (one engine, e.g. vLLM at 128K)")
     corpus: str = help_field(help="long documents: .jsonl, .parquet, a folder of text files or a saved dataset")
     text_field: str = help_field("text", "field holding a document's text (JSONL / Parquet / datasets)")
     id_field: str = help_field("id", "field holding a document's id; absent: a hash of the text")
@@ -158,12 +162,16 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
 
 
 def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None) -> tuple[list[dict], dict]:
-    """Records and stats of one group of documents (deterministic for the same inputs and seed)."""
+    """Records and stats of one group of documents (deterministic for the same inputs and seed).
+
+    `backend` is the generator (RoPE override applied); `ref_backend` the original model, or None.
+    """
     from longpo.data.chunking import chunk_document
     from longpo.data.prompts import parse_questions, pick_question, question_prompt
-    from longpo.data.records import conversation, user_content
+    from longpo.data.records import user_content
     from longpo.data.reference import add_reference_logps
 
+    short = ref_backend if cfg.original_for_short_steps and ref_backend is not None else backend
     tok, stats = backend.tokenizer, new_stats()
     work: list[tuple[Any, Any, list[_Turn], random.Random]] = []
     for doc in docs:
@@ -192,7 +200,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
     # Questions about each chosen chunk; a turn whose reply does not parse is skipped.
     asks = [(w, t) for w in work for t in w[2]]
-    replies = backend.generate([_chat(tok, [{"role": "user", "content": question_prompt(
+    replies = short.generate([_chat(tok, [{"role": "user", "content": question_prompt(
         cfg.question_template, t.chunk, cfg.num_questions)}]) for _, t in asks], cfg.question_sampling)
     for (w, turn), reply in zip(asks, replies):
         stats["question_replies"] += 1
@@ -206,46 +214,19 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
     # Chosen answers on the chunk alone; short-prompt length and chosen filters before the long step.
     asks = [(w, t) for w in work for t in w[2]]
-    answers = backend.generate([_chat(tok, [{"role": "user", "content": user_content(t.chunk, t.question)}])
+    answers = short.generate([_chat(tok, [{"role": "user", "content": user_content(t.chunk, t.question)}])
                                 for _, t in asks], cfg.answer_sampling)
     for (_, turn), answer in zip(asks, answers):
         turn.chosen = answer
 
-    # Rejected answers on the whole document, round by round (turn i follows turn < i of its branch).
-    alive = {id(w): w for w in work}
+    # Rejected answers on the whole document, turn by turn (turn i follows turns < i of its branch). A
+    # backend that keeps a document's KV cache between calls (hf) gets one document at a time, so turn
+    # i + 1 continues from turn i's cache; batching backends (vllm, openai) get each turn of every
+    # document at once and find the shared documents in their own prefix caches.
     kept: dict[int, int] = {id(w): 0 for w in work}
-    for t in range(cfg.num_turns):
-        round_ = [w for w in alive.values() if len(w[2]) > t]
-        for w in list(round_):  # filters that need no long answer first
-            turn = w[2][t]
-            short = _n_tokens(tok, user_content(turn.chunk, turn.question))
-            reason = chosen_drop_reason(turn.chosen, short, cfg.filters)
-            if reason:
-                stats["dropped"][reason] += 1
-                round_.remove(w)
-                alive.pop(id(w))
-        prompts = []
-        for w in round_:
-            done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
-            messages = conversation(w[1].context, done, "rejected") if done else []
-            question = w[2][t].question
-            messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0 else question})
-            prompts.append(_chat(tok, messages))
-        for w, answer in zip(round_, backend.generate(prompts, cfg.answer_sampling) if prompts else []):
-            turn = w[2][t]
-            turn.rejected = answer
-            reason = drop_reason(answer, cfg.filters)
-            if reason:
-                stats["dropped"][reason] += 1
-                alive.pop(id(w))
-                continue
-            kept[id(w)] = t + 1
-            stats["pairs_kept"] += 1
-            stats["chosen_equals_rejected"] += int(turn.chosen.strip() == turn.rejected.strip())
-            for text in (turn.chosen, answer):
-                n = _n_tokens(tok, text)
-                stats["hist"]["answer_tokens"][_bin(n)] += 1
-                stats["tokens"] += n
+    batches = [[w] for w in work] if getattr(backend, "reuse_across_calls", False) else [work]
+    for batch in batches:
+        _rejected_turns(cfg, backend, batch, kept, stats)
 
     records = []
     for w in work:
@@ -259,10 +240,54 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
                       for x in turns],
             "meta": {"source": w[0].where, "chunks": len(w[1].chunks)},
         })
-    if records and ref_backend is not None:
+    if records and cfg.reference and ref_backend is not None:
         add_reference_logps(ref_backend, ref_backend.tokenizer, records)
     stats["records"] = len(records)
     return records, stats
+
+
+def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int], stats: dict) -> None:
+    """Rejected answers of `work`'s documents, turn by turn; `kept[doc]` counts its turns that pass
+    every filter (a document stops at its first dropped turn: later turns would follow a bad one)."""
+    from longpo.data.records import conversation, user_content
+
+    tok = backend.tokenizer
+    alive = list(work)
+    for t in range(cfg.num_turns):
+        round_ = []
+        for w in alive:  # filters that need no long answer first
+            if len(w[2]) <= t:
+                continue
+            turn = w[2][t]
+            short = _n_tokens(tok, user_content(turn.chunk, turn.question))
+            reason = chosen_drop_reason(turn.chosen, short, cfg.filters)
+            if reason:
+                stats["dropped"][reason] += 1
+            else:
+                round_.append(w)
+        prompts = []
+        for w in round_:
+            done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
+            messages = conversation(w[1].context, done, "rejected") if done else []
+            question = w[2][t].question
+            messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0 else question})
+            prompts.append(_chat(tok, messages))
+        alive = []
+        for w, answer in zip(round_, backend.generate(prompts, cfg.answer_sampling) if prompts else []):
+            turn = w[2][t]
+            turn.rejected = answer
+            reason = drop_reason(answer, cfg.filters)
+            if reason:
+                stats["dropped"][reason] += 1
+                continue
+            alive.append(w)
+            kept[id(w)] = t + 1
+            stats["pairs_kept"] += 1
+            stats["chosen_equals_rejected"] += int(turn.chosen.strip() == turn.rejected.strip())
+            for text in (turn.chosen, answer):
+                n = _n_tokens(tok, text)
+                stats["hist"]["answer_tokens"][_bin(n)] += 1
+                stats["tokens"] += n
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -294,21 +319,27 @@ def _make_backends(cfg: Config) -> tuple[Any, Any]:
 
     rope = {k: v for k, v in (("rope_theta", cfg.rope_theta), ("max_position_embeddings",
                                                                  cfg.max_position_embeddings)) if v is not None}
-    backend = make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **rope, **cfg.backend_args)
-    if not cfg.reference:
-        return backend, None
-    if rope:  # the reference is the ORIGINAL model, with its own RoPE
+    # The hf generator keeps a document's KV cache from one turn to the next (see process_group).
+    extra = {"reuse_across_calls": True} if cfg.backend == "hf" else {}
+    backend = make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **rope, **{**extra, **cfg.backend_args})
+    if not rope:
+        return backend, backend
+    if cfg.reference or cfg.original_for_short_steps:  # the ORIGINAL model, with its own RoPE
         return backend, make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
-    return backend, backend
+    return backend, None
 
 
 def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
-    """Run (or resume) the job; returns the stats of everything generated so far in output_dir."""
+    """Run (or resume) the job; returns the stats of everything generated so far in output_dir.
+
+    Library use: pass ready backends (`backend` the generator, `ref_backend` the original model) or
+    let them be built from the config.
+    """
     from tqdm import tqdm
 
     from longpo.config import write_resolved_config
     from longpo.data.corpus import CorpusError, iter_documents
-    from longpo.files import atomic_write_json, atomic_write_jsonl
+    from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out)
@@ -331,8 +362,9 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
                 bar.update(len(docs))
                 continue
             records, part = process_group(cfg, docs, backend, ref_backend)
-            name = f"records-s{cfg.shard_index:03d}-g{index:06d}.jsonl"
-            atomic_write_jsonl(out / name, records)  # the shard first, then the manifest that marks it done
+            name = f"records-s{cfg.shard_index:03d}-g{index:06d}.jsonl" if records else None
+            if name:  # the shard first, then the manifest that marks it done; no empty files for readers
+                atomic_write_jsonl(out / name, records)
             stats = merge_stats(stats, part)
             manifest["done_groups"].append(index)
             manifest["shards"][str(index)] = name
@@ -349,6 +381,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     stats["skipped"] = Counter(stats["skipped"]) + Counter(skipped)
     final = stats_json(stats)
     atomic_write_json(out / "stats.json", final)
+    atomic_write_text(out / "summary.txt", summary(final) + "\n")
     return final
 
 

@@ -57,7 +57,7 @@ class ScriptedQuestions(HFBackend):
 
 def test_hf_end_to_end_records_are_trainable_with_exact_reference(tmp_path, tokenizer):
     model = build_tiny_model("llama", dtype=torch.float64, seed=7)
-    backend = ScriptedQuestions(model, tokenizer)
+    backend = ScriptedQuestions(model, tokenizer, reuse_across_calls=True)
     cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 3)), output_dir=str(tmp_path / "o")))
     stats = generate(cfg, backend=backend, ref_backend=backend)
     records = read_records(tmp_path / "o", require_reference=True)
@@ -72,6 +72,10 @@ def test_hf_end_to_end_records_are_trainable_with_exact_reference(tmp_path, toke
                 expected = direct_logp(model, tokenizer, turn["chunk"], turn["question"], turn[branch])
                 assert_close(turn[f"ref_{branch}_logp"], expected, rtol=1e-12, atol=1e-10)
     assert (tmp_path / "o" / "resolved_config.yaml").exists() and (tmp_path / "o" / "stats.json").exists()
+    assert "pairs kept 6 in 3 records" in (tmp_path / "o" / "summary.txt").read_text()
+    # Turn 2 of each document continued from turn 1's KV cache instead of prefilling the document again.
+    document_tokens = sum(len(tokenizer(r["document"], add_special_tokens=False)["input_ids"]) for r in records)
+    assert backend.stats["reused_prefix_tokens"] >= document_tokens
 
 
 def canned(delay=0.0):
@@ -181,9 +185,79 @@ def test_out_of_bounds_documents_are_counted_and_empty_corpus_is_an_error(tmp_pa
         stats = generate(cfg, backend=backend, ref_backend=backend)
         assert stats["documents"] == 7 and stats["records"] == 4
         assert stats["skipped"] == {"too_short": 1, "too_long": 1, "empty": 1}
+        # Groups 2 and 3 kept nothing: no shard file for them, so the folder still reads.
+        assert len(read_records(tmp_path / "o")) == 4 and len(list((tmp_path / "o").glob("*.jsonl"))) == 2
         (tmp_path / "empty.jsonl").write_text("")
         with pytest.raises(CorpusError, match="no documents"):
             generate(build_config(Config, small(corpus=str(tmp_path / "empty.jsonl"), output_dir=str(tmp_path / "e"))),
                      backend=backend, ref_backend=backend)
     finally:
         server.close()
+
+
+class Recorder:
+    """A scripted backend that notes every prompt it is asked about."""
+
+    def __init__(self, tokenizer, name):
+        self.tokenizer, self.name, self.prompts, self.scored = tokenizer, name, [], 0
+
+    def generate(self, prompts, sampling):
+        self.prompts += prompts
+        return [QUESTIONS if MARK in p else f"The {self.name} model says {hashlib.sha1(p.encode()).hexdigest()[:8]}."
+                for p in prompts]
+
+    def score(self, sequences, masks):
+        self.scored += len(sequences)
+        return [-1.0] * len(sequences)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("original_for_short_steps", [True, False])
+def test_generator_answers_on_the_long_context_the_original_on_short_prompts(tmp_path, tokenizer,
+                                                                              original_for_short_steps):
+    """With a RoPE override the generator (new RoPE) writes only the rejected answers, unless told to do all."""
+    generator, original = Recorder(tokenizer, "generator"), Recorder(tokenizer, "original")
+    cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 2)), output_dir=str(tmp_path / "o"),
+                                     rope_theta=1e6, original_for_short_steps=original_for_short_steps))
+    generate(cfg, backend=generator, ref_backend=original)
+    records = read_records(tmp_path / "o", require_reference=True)
+    turns = [t for r in records for t in r["turns"]]
+    assert len(turns) == 4 and original.scored == 8  # the reference is always the original model
+    assert all(t["rejected"].startswith("The generator") for t in turns)
+    assert all(t["chosen"].startswith("The original" if original_for_short_steps else "The generator") for t in turns)
+    long_prompts = [p for p in generator.prompts if any(r["document"] in p for r in records)]
+    assert len(long_prompts) == 4
+    assert len(generator.prompts) == (4 if original_for_short_steps else 12)
+
+
+def test_server_error_and_timeout_mid_run_change_nothing(tmp_path, tokenizer_dir):
+    """One rejected request fails with HTTP 500 and another stalls past the timeout; both are retried."""
+    calm = canned()
+    hits: dict[str, int] = {}
+
+    def unreliable(payload, headers):
+        prompt = payload["prompt"]
+        hits[json.dumps(prompt)] = hits.get(json.dumps(prompt), 0) + 1
+        long_prompt = isinstance(prompt, str) and len(prompt) > 1500  # a whole document, not a chunk
+        if long_prompt and hits[json.dumps(prompt)] == 1:  # first try of each rejected request
+            if len(hits) % 2:
+                return 500, {"error": "overloaded"}
+            time.sleep(0.6)  # past the client's 0.3 s timeout
+        return calm(payload, headers)
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 4)
+    outputs = {}
+    for name, reply in (("calm", calm), ("flaky", unreliable)):
+        server = LoopbackServer(reply)
+        try:
+            backend = OpenAIBackend("served", tokenizer_dir, base_url=server.url, timeout=0.3, backoff=0.01,
+                                    concurrency=2)
+            cfg = build_config(Config, small(corpus=str(corpus), output_dir=str(tmp_path / name)))
+            generate(cfg, backend=backend, ref_backend=backend)
+            outputs[name] = (by_id(tmp_path / name), backend.retries)
+        finally:
+            server.close()
+    assert outputs["flaky"][0] == outputs["calm"][0] and len(outputs["calm"][0]) == 4
+    assert outputs["calm"][1] == 0 and outputs["flaky"][1] >= 2
