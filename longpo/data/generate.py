@@ -421,7 +421,8 @@ def merge(inputs: list[str], output: str) -> dict:
         stats = merge_stats(stats, part)
     stats["records"] = len(records)
     out = Path(output)
-    atomic_write_jsonl(out / "records-merged.jsonl", records)
+    if records:  # an empty file would not read back as records
+        atomic_write_jsonl(out / "records-merged.jsonl", records)
     atomic_write_json(out / "stats.json", stats_json(stats))
     atomic_write_json(out / "manifest.json", {"merged_from": [str(p) for p in inputs], "records": len(records)})
     return stats_json(stats)

@@ -15,9 +15,18 @@ SAMPLED = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)  # sens
 PLAIN = 10**9  # min_shared_prefix no prompt reaches: every prompt is prefilled from scratch
 
 
+class IdsBackend(HFBackend):
+    """Answers as token ids: a random model's text decodes to look-alike replacement characters."""
+
+    def _decode(self, ids):
+        super()._decode(ids)
+        eos = self.tokenizer.eos_token_id
+        return " ".join(map(str, ids[: ids.index(eos) + 1] if eos in ids else ids))  # padding after eos dropped
+
+
 @pytest.fixture(scope="module")
 def model():
-    return build_tiny_model("llama", dtype=torch.float64, seed=3)
+    return build_tiny_model("llama", dtype=torch.float64, seed=2)  # a seed whose answers depend on the question
 
 
 def chat(tok, messages):
@@ -31,10 +40,17 @@ def document(n_words=150):
 
 def test_shared_document_prefill_equals_separate_prefills(model, tokenizer):
     doc = document()
-    prompts = [chat(tokenizer, [{"role": "user", "content": user_content(doc, f"Question {q}: where?")}])
-               for q in range(3)] + [chat(tokenizer, [{"role": "user", "content": "unrelated short prompt"}])]
-    fast = HFBackend(model, tokenizer)
-    assert fast.generate(prompts, GREEDY) == HFBackend(model, tokenizer, min_shared_prefix=PLAIN).generate(prompts, GREEDY)
+    questions = ["Question 0: where?", "Why is the city by the river, and who named it?", "Q?"]  # tails of 3 lengths
+    prompts = [chat(tokenizer, [{"role": "user", "content": user_content(doc, q)}]) for q in questions]
+    prompts += [chat(tokenizer, [{"role": "user", "content": "unrelated short prompt"}])]
+    plain = IdsBackend(model, tokenizer, min_shared_prefix=PLAIN).generate(prompts, GREEDY)
+    assert len(set(plain[:3])) > 1, "the test needs answers that depend on the question"
+    for batch_size in (8, 2):  # the 3 questions decoded in one batch, or in batches of 2 and 1
+        fast = IdsBackend(model, tokenizer, batch_size=batch_size)
+        assert fast.generate(prompts, GREEDY) == plain, f"batch_size={batch_size}"
+    # Sampled answers go one at a time from copies of the prefix cache.
+    sampled = IdsBackend(model, tokenizer, min_shared_prefix=PLAIN).generate(prompts, SAMPLED)
+    assert IdsBackend(model, tokenizer).generate(prompts, SAMPLED) == sampled
     doc_tokens = len(tokenizer(doc, add_special_tokens=False)["input_ids"])
     assert fast.stats["reused_prefix_tokens"] >= 2 * doc_tokens  # questions 2 and 3 skip the document
 
@@ -57,8 +73,8 @@ def assert_cache_is_fresh(model, kept):
 def test_next_turn_continues_from_the_kept_cache(model, tokenizer):
     """Turn 2's prompt is turn 1's prompt + answer + question 2: only that tail is prefilled."""
     doc = document()
-    plain = HFBackend(model, tokenizer, min_shared_prefix=PLAIN)
-    kept = HFBackend(model, tokenizer, reuse_across_calls=True)
+    plain = IdsBackend(model, tokenizer, min_shared_prefix=PLAIN)
+    kept = IdsBackend(model, tokenizer, reuse_across_calls=True)
     messages = [{"role": "user", "content": user_content(doc, "What is the city?")}]
     for turn in range(3):
         prompt = chat(tokenizer, messages)
@@ -77,15 +93,15 @@ def test_next_turn_continues_from_the_kept_cache(model, tokenizer):
 
 def test_left_padded_batch_equals_one_at_a_time(model, tokenizer):
     prompts = [chat(tokenizer, [{"role": "user", "content": "word " * n + "end"}]) for n in (1, 9, 30, 4)]
-    batched = HFBackend(model, tokenizer, batch_size=4).generate(prompts, GREEDY)
-    single = [HFBackend(model, tokenizer, batch_size=1).generate([p], GREEDY)[0] for p in prompts]
+    batched = IdsBackend(model, tokenizer, batch_size=4).generate(prompts, GREEDY)
+    single = [IdsBackend(model, tokenizer, batch_size=1).generate([p], GREEDY)[0] for p in prompts]
     assert batched == single
 
 
 def test_sampled_answer_does_not_depend_on_its_neighbours(model, tokenizer):
     sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=5)
     prompts = [chat(tokenizer, [{"role": "user", "content": f"tell me about item {i}"}]) for i in range(3)]
-    backend = HFBackend(model, tokenizer)
+    backend = IdsBackend(model, tokenizer)
     together = backend.generate(prompts, sampling)
     assert together == [backend.generate([p], sampling)[0] for p in prompts]
     assert together[::-1] == backend.generate(prompts[::-1], sampling)
@@ -106,3 +122,20 @@ def test_rope_override_changes_frequencies_only(tmp_path, tokenizer):
             assert torch.equal(a, b), name
     with pytest.raises(FileNotFoundError, match="not a local model folder"):
         load_model(str(tmp_path / "missing"))
+
+
+def test_scoring_answers_of_one_short_prompt_shares_its_prefill(model, tokenizer):
+    """score = sum_j log softmax(model(ids)[j-1])[ids[j]] over answer tokens j, equal with and without sharing."""
+    from longpo.data.records import tokenize_short
+    from tests.data.test_reference import direct_logp
+
+    chunk, question = document(), "According to the passage above, what is the city?"
+    answers = ["The city is by the river.", "It is the magic vault.", "Nobody knows the name."]
+    seqs, masks = zip(*(tokenize_short(tokenizer, chunk, question, a) for a in answers))
+    shared = HFBackend(model, tokenizer)
+    scores = shared.score(list(seqs), list(masks))
+    assert shared.stats["reused_prefix_tokens"] >= 2 * len(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    assert scores == pytest.approx(HFBackend(model, tokenizer, min_shared_prefix=PLAIN).score(list(seqs), list(masks)),
+                                   rel=1e-12)
+    for answer, score in zip(answers, scores):
+        assert_close(score, direct_logp(model, tokenizer, chunk, question, answer), rtol=1e-12, atol=1e-10)

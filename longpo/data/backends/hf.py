@@ -195,17 +195,46 @@ class HFBackend:
         return self._decode(result[0, len(ids):].tolist())
 
     def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[str]:
-        """Prefill the shared prefix once, then continue each prompt from a copy of its cache."""
+        """Prefill the shared prefix once, then continue each prompt from its cache: greedy prompts
+        together in one batch, sampled ones one at a time from a copy (per-prompt seeds)."""
         from transformers import DynamicCache
 
         base = self._start_cache(group[0], shared)
         base = self._prefill(group[0], shared, DynamicCache(config=self.model.config) if base is None else base)
         self.stats["reused_prefix_tokens"] += shared * (len(group) - 1)
+        if sampling.temperature == 0 and not self.reuse_across_calls:
+            texts = []
+            for start in range(0, len(group), self.batch_size):
+                part = group[start : start + self.batch_size]
+                cache = base if start + self.batch_size >= len(group) else copy.deepcopy(base)
+                texts += self._generate_after_prefix(part, shared, cache, sampling)
+            return texts
         texts = []
         for k, ids in enumerate(group):
             last = k == len(group) - 1
             texts.append(self._generate_one(ids, sampling, cache=base if last else copy.deepcopy(base), keep=last))
         return texts
+
+    def _generate_after_prefix(self, batch: list[list[int]], shared: int, cache: Any, sampling: Sampling) -> list[str]:
+        """Greedy answers of prompts that all start with the `shared` tokens held in `cache`.
+
+        The cache is repeated over the batch; each prompt's own tail is padded on its left, between
+        the prefix and the tail, and masked out, so positions (from the mask) stay those of the
+        unpadded prompt.
+        """
+        import torch
+
+        tails = [ids[shared:] for ids in batch]
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id
+        cache.batch_repeat_interleave(len(batch))
+        input_ids = torch.tensor([batch[0][:shared] + [pad] * (width - len(t)) + t for t in tails], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
+        self.stats["prefill_tokens"] += sum(len(t) for t in tails)
+        with torch.no_grad():
+            result = self.model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
+                                         **self._gen_kwargs(sampling))
+        return [self._decode(row[shared + width:].tolist()) for row in result]
 
     def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[str]:
         import torch
@@ -221,23 +250,41 @@ class HFBackend:
 
     # ---------------------------------------------------------------- scoring
     def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:
-        """Summed log-prob of masked tokens, each predicted from the tokens before it (exact, no full logits)."""
+        """Summed log-prob of masked tokens, each predicted from the tokens before it (exact, no full logits).
+
+        Consecutive sequences sharing a long prompt (the chosen and the rejected answer of one short
+        prompt) prefill it once; each continues from a copy of its KV cache.
+        """
         import torch
+        from transformers import DynamicCache
 
         from longpo.train.logps import chunked_target_logps
 
-        out = []
-        head = self.model.get_output_embeddings()
+        sources = []
         for n, (ids, mask) in enumerate(zip(sequences, masks)):
             assert len(ids) == len(mask), f"sequence {n}: {len(ids)} tokens but {len(mask)} mask entries"
             assert not mask[0], f"sequence {n}: the first token cannot be scored (nothing precedes it)"
-            src = [j - 1 for j in range(1, len(ids)) if mask[j]]
-            with torch.no_grad():
-                input_ids = torch.tensor([ids], device=self.device)
-                hidden = self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[0]
-                idx = torch.tensor(src, dtype=torch.long, device=self.device)
-                logps = chunked_target_logps(hidden.index_select(0, idx), head, input_ids[0, idx + 1])
-            out.append(float(logps.double().sum()))
+            sources.append([j - 1 for j in range(1, len(ids)) if mask[j]])  # positions whose output is scored
+        head, decoder = self.model.get_output_embeddings(), self.model.get_decoder()
+        out = [0.0] * len(sequences)
+        for group, shared in self._group_by_prefix(sequences):
+            # Cache only tokens before every scored position of the group: their outputs are not needed.
+            start = min([shared] + [src[0] for src in (sources[i] for i in group) if src]) if shared else 0
+            cache = None
+            if start > 0:
+                cache = self._prefill(sequences[group[0]], start, DynamicCache(config=self.model.config))
+                self.stats["reused_prefix_tokens"] += start * (len(group) - 1)
+            for k, i in enumerate(group):
+                if not sources[i]:
+                    continue
+                ids = torch.tensor([sequences[i]], device=self.device)
+                past = None if cache is None else cache if k == len(group) - 1 else copy.deepcopy(cache)
+                with torch.no_grad():
+                    hidden = decoder(input_ids=ids[:, start:], past_key_values=past,
+                                     use_cache=past is not None).last_hidden_state[0]  # (T - start, H)
+                    idx = torch.tensor(sources[i], dtype=torch.long, device=self.device)
+                    logps = chunked_target_logps(hidden.index_select(0, idx - start), head, ids[0, idx + 1])
+                out[i] = float(logps.double().sum())
         return out
 
     def close(self) -> None:
