@@ -1,13 +1,17 @@
-"""Rejected-answer throughput of the HF backend: the document's KV cache reused vs recomputed per question.
+"""Rejected-answer throughput of the HF backend: the document's KV cache reused vs recomputed.
 
     python benchmarks/generate.py                       # 4K and 8K-token documents, 4 questions each
     python benchmarks/generate.py --lengths 4096 --questions 2 4 8
 
-The rejected answers of several questions on one long document share the document as prompt
-prefix. `HFBackend` prefills it once and continues each question from a copy of its cache
-(min_shared_prefix=64); the baseline recomputes the whole prompt for every question
-(min_shared_prefix=inf). Same tiny Llama (4 layers, hidden 256, random weights, float32, SDPA),
-same prompts, greedy decoding; both produce the same answers (checked).
+Two ways several rejected answers share one long document, both measured:
+- questions: k questions on one document in one call. `HFBackend` prefills the document once and
+  continues each question from a copy of its cache (min_shared_prefix=64).
+- turns: k turns of one conversation over the document, one call each (what `longpo generate`
+  does with num_turns=k). With `reuse_across_calls` the backend keeps the last prompt+answer cache
+  and turn i+1 prefills only its new tail.
+The baseline recomputes the whole prompt every time (min_shared_prefix=inf). Same tiny Llama
+(4 layers, hidden 256, random weights, float32, SDPA), same prompts, greedy decoding; both give the
+same answers (checked).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])
     ap.add_argument("--questions", type=int, nargs="+", default=[4])
+    ap.add_argument("--modes", nargs="+", default=["questions", "turns"], choices=["questions", "turns"])
     ap.add_argument("--documents", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -40,32 +45,53 @@ def main() -> None:
     rng = random.Random(0)
     words = "alpha beta gamma delta river city stone paper light green north quiet market garden".split()
     sampling = Sampling(temperature=0.0, max_new_tokens=args.new_tokens)
+
+    def chat(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def questions(backend, doc, k):  # k prompts on the document, one call
+        return backend.generate([chat([{"role": "user", "content": user_content(doc, f"Question {q}: what about "
+                                                                                     f"{words[q]}?")}])
+                                 for q in range(k)], sampling)
+
+    def turns(backend, doc, k):  # k turns, each after the previous answer, one call per turn
+        messages, answers = [], []
+        for q in range(k):
+            text = f"Question {q}: what about {words[q]}?"
+            messages.append({"role": "user", "content": user_content(doc, text) if q == 0 else text})
+            answers += backend.generate([chat(messages)], sampling)
+            messages.append({"role": "assistant", "content": answers[-1]})
+        return answers
+
+    questions(HFBackend(model, tok), "warm up " * 64, 2)  # first-call costs stay out of both timings
     rows = []
-    for length in args.lengths:
-        for k in args.questions:
-            prompts = []
-            for _ in range(args.documents):
-                ids = tok(" ".join(rng.choice(words) for _ in range(length)), add_special_tokens=False)["input_ids"]
-                doc = tok.decode(ids[:length])
-                for q in range(k):
-                    messages = [{"role": "user", "content": user_content(doc, f"Question {q}: what is said about {words[q]}?")}]
-                    prompts.append(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            timings, answers = {}, {}
-            for name, shared in (("recomputed", 10**9), ("reused", 64)):
-                backend = HFBackend(model, tok, min_shared_prefix=shared)
-                start = time.perf_counter()
-                answers[name] = backend.generate(prompts, sampling)
-                timings[name] = time.perf_counter() - start
-            assert answers["reused"] == answers["recomputed"], "KV reuse changed the answers"
-            rows.append((length, k, len(prompts) / timings["recomputed"], len(prompts) / timings["reused"]))
-            print(f"# {length} tokens, {k} questions: {timings}", flush=True)
+    for mode in args.modes:
+        run = questions if mode == "questions" else turns
+        for length in args.lengths:
+            for k in args.questions:
+                docs = []
+                for _ in range(args.documents):
+                    ids = tok(" ".join(rng.choice(words) for _ in range(length)), add_special_tokens=False)["input_ids"]
+                    docs.append(tok.decode(ids[:length]))
+                timings, answers = {}, {}
+                for name, kw in (("recomputed", {"min_shared_prefix": 10**9}),
+                                 ("reused", {"min_shared_prefix": 64, "reuse_across_calls": mode == "turns"})):
+                    backend = HFBackend(model, tok, **kw)
+                    start = time.perf_counter()
+                    answers[name] = [a for doc in docs for a in run(backend, doc, k)]
+                    timings[name] = time.perf_counter() - start
+                assert answers["reused"] == answers["recomputed"], "KV reuse changed the answers"
+                n = len(answers["reused"])
+                rows.append((mode, length, k, n / timings["recomputed"], n / timings["reused"]))
+                print(f"# {mode}: {length} tokens, {k} per document: {timings}", flush=True)
 
     print(f"\nrejected answers/s, HF backend, tiny Llama (4 layers, hidden 256), {args.new_tokens} new tokens, "
           f"greedy, CPU {args.threads} threads, {args.documents} documents per row\n")
-    print("| document tokens | questions | recomputed (answers/s) | KV reused (answers/s) | speed-up |")
-    print("|---:|---:|---:|---:|---:|")
-    for length, k, slow, fast in rows:
-        print(f"| {length} | {k} | {slow:.2f} | {fast:.2f} | {fast / slow:.2f}x |")
+    print("| shared by | document tokens | per document | recomputed (answers/s) | KV reused (answers/s) | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode, length, k, slow, fast in rows:
+        shared = "questions in one call" if mode == "questions" else "turns, one call each"
+        print(f"| {shared} | {length} | {k} | {slow:.2f} | {fast:.2f} | {fast / slow:.2f}x |")
 
 
 if __name__ == "__main__":
