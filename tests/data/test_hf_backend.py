@@ -45,9 +45,9 @@ def test_shared_document_prefill_equals_separate_prefills(model, tokenizer):
     prompts += [chat(tokenizer, [{"role": "user", "content": "unrelated short prompt"}])]
     plain = IdsBackend(model, tokenizer, min_shared_prefix=PLAIN).generate(prompts, GREEDY)
     assert len(set(plain[:3])) > 1, "the test needs answers that depend on the question"
-    for batch_size in (8, 2):  # the 3 questions decoded in one batch, or in batches of 2 and 1
-        fast = IdsBackend(model, tokenizer, batch_size=batch_size)
-        assert fast.generate(prompts, GREEDY) == plain, f"batch_size={batch_size}"
+    for batch_size, batched in ((8, False), (8, True), (2, True)):  # one at a time, one batch, batches of 2 + 1
+        fast = IdsBackend(model, tokenizer, batch_size=batch_size, batch_shared_greedy=batched)
+        assert fast.generate(prompts, GREEDY) == plain, f"batch_size={batch_size}, batch_shared_greedy={batched}"
     # Sampled answers go one at a time from copies of the prefix cache.
     sampled = IdsBackend(model, tokenizer, min_shared_prefix=PLAIN).generate(prompts, SAMPLED)
     assert IdsBackend(model, tokenizer).generate(prompts, SAMPLED) == sampled
