@@ -1,44 +1,80 @@
-"""Train the toy base model on SHORT documents: answering a fact question and writing questions.
+"""Train the toy base model on SHORT documents: answering fact questions and writing questions.
 
-    python -m longpo.demo.pretrain --out runs/toy_base --steps 3000
+    python -m longpo.demo.pretrain --out longpo/demo/base_model      # the shipped weights (~10 min)
 
-Seeded and deterministic on CPU. Loss on assistant tokens only. Progress lines report the loss on
-the answer token against chance (ln of the number of values) and the answer accuracy on held-out
-short and long documents (teacher-forced argmax of the single answer token, which is what greedy
-decoding would produce first).
+Seeded and deterministic on CPU (same torch build, same thread count: the shipped weights record
+both). Loss on assistant tokens only. Progress lines report the loss on the value tokens against
+chance (ln of the number of values) and the exact-match accuracy of single answers on held-out
+short documents and on long ones (teacher-forced argmax over every answer token, which is exactly
+what greedy decoding produces).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from longpo.demo.world import VALUES, ask_messages, build_tokenizer, make_doc, qa_messages
+from longpo.demo.world import (
+    MAX_QUESTIONS,
+    SHORT_FILLER,
+    VALUES,
+    ask_messages,
+    build_tokenizer,
+    make_long_doc,
+    qa_messages,
+    repeat_messages,
+    short_doc,
+)
 
 
-def encode(tok: Any, messages: list[dict]) -> tuple[list[int], list[bool]]:
-    from longpo.data.records import tokenize_conversation
+@dataclass(kw_only=True)
+class PretrainConfig:
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 3e-3
+    warmup: int = 200
+    seed: int = 0
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    max_turns: int = 4  # questions per QA conversation (multi-turn, as LongPO's records)
+    ask_share: float = 0.15  # conversations that ask for questions
+    repeat_share: float = 0.2  # conversations that copy the document (forms the lookup circuit)
+    max_filler: int = SHORT_FILLER
+    rope_theta: float = 10000.0
+    threads: int = 1
+    eval_every: int = 250
+    eval_long_length: int = 512
 
-    return tokenize_conversation(tok, messages)
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def sample_example(rng: random.Random, max_facts: int, ask_share: float) -> list[dict]:
-    doc = make_doc(rng, rng.randint(1, max_facts))
+def sample_example(rng: random.Random, cfg: PretrainConfig) -> list[dict]:
+    ask_share, max_turns, repeat_share = cfg.ask_share, cfg.max_turns, cfg.repeat_share
+    doc = short_doc(rng, cfg.max_filler)
+    if repeat_share and rng.random() < repeat_share:
+        return repeat_messages(doc)
     if rng.random() < ask_share:
-        return ask_messages(doc, k=min(len(doc.facts), rng.randint(1, 4)))
-    name, value = rng.choice(doc.facts)
-    return qa_messages(doc, name, value)
+        names = [n for n, _ in doc.facts]
+        return ask_messages(doc, rng.sample(names, rng.randint(1, min(MAX_QUESTIONS, len(names)))))
+    return qa_messages(doc, rng.sample(doc.facts, rng.randint(1, min(max_turns, len(doc.facts)))))
 
 
-def batch_tensors(tok: Any, examples: list[list[dict]]) -> tuple[Any, Any, Any]:
+def batch_tensors(tok: Any, conversations: list[list[dict]]) -> tuple[Any, Any, Any]:
+    """Right-padded ids, attention mask and labels (-100 outside assistant tokens)."""
     import torch
 
-    encoded = [encode(tok, m) for m in examples]
+    from longpo.data.records import tokenize_conversation
+
+    encoded = [tokenize_conversation(tok, m) for m in conversations]
     width = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), width), tok.pad_token_id)
     labels = torch.full((len(encoded), width), -100)
@@ -50,90 +86,85 @@ def batch_tensors(tok: Any, examples: list[list[dict]]) -> tuple[Any, Any, Any]:
     return ids, attn, labels
 
 
-def answer_accuracy(model: Any, tok: Any, n_facts: int, n: int, seed: int) -> float:
-    """Share of questions whose first answer token is the right value under argmax."""
+def exact_match(model: Any, tok: Any, docs: list, rng: random.Random, batch: int = 32) -> float:
+    """Share of single questions whose whole answer is right under teacher-forced argmax (= greedy)."""
     import torch
 
-    rng = random.Random(seed)
     correct = 0
     with torch.no_grad():
-        for _ in range(n):
-            doc = make_doc(rng, n_facts)
-            name, value = rng.choice(doc.facts)
-            prompt = tok.apply_chat_template(qa_messages(doc, name, None), tokenize=False, add_generation_prompt=True)
-            ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-            pred = model(input_ids=ids).logits[0, -1].argmax().item()
-            correct += int(pred == tok.convert_tokens_to_ids(value))
-    return correct / n
+        for start in range(0, len(docs), batch):
+            convs = [qa_messages(d, [rng.choice(d.facts)]) for d in docs[start : start + batch]]
+            ids, attn, labels = batch_tensors(tok, convs)
+            pred = model(input_ids=ids, attention_mask=attn).logits[:, :-1].argmax(-1)
+            tgt = labels[:, 1:]
+            correct += int(((pred == tgt) | (tgt == -100)).all(-1).sum())
+    return correct / len(docs)
 
 
-def train(out: str, steps: int = 3000, batch: int = 64, lr: float = 3e-3, seed: int = 0, layers: int = 3,
-          hidden: int = 128, max_facts: int = 4, long_facts: int = 16, ask_share: float = 0.15,
-          threads: int = 2, log_every: int = 250) -> dict:
+def train(cfg: PretrainConfig, out: str | Path, log: Any = print) -> dict:
     import torch
 
+    from longpo.files import atomic_write_json
     from longpo.tiny import build_tiny_model
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
+    torch.set_num_threads(cfg.threads)
     tok = build_tokenizer()
-    model = build_tiny_model("llama", seed=seed, vocab_size=len(tok), hidden_size=hidden, num_layers=layers,
-                             num_heads=4, num_kv_heads=4, intermediate_size=2 * hidden, max_position_embeddings=4096,
-                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                             eos_token_id=tok.eos_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    rng = random.Random(seed)
-    value_ids = set(tok.convert_tokens_to_ids(VALUES))
-    log, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        facts_now = min(max_facts, 1 + step * max_facts // max(1, steps // 3))  # curriculum: 1 fact first
-        ids, attn, labels = batch_tensors(tok, [sample_example(rng, facts_now, ask_share) for _ in range(batch)])
-        out_ = model(input_ids=ids, attention_mask=attn, labels=labels)
-        out_.loss.backward()
+    model = build_tiny_model("llama", seed=cfg.seed, vocab_size=len(tok), hidden_size=cfg.hidden,
+                             num_layers=cfg.layers, num_heads=cfg.heads, num_kv_heads=cfg.heads,
+                             intermediate_size=2 * cfg.hidden, max_position_embeddings=4096,
+                             rope_theta=cfg.rope_theta, pad_token_id=tok.pad_token_id,
+                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
+        0.1 + 0.45 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))))
+    rng = random.Random(cfg.seed)
+    eval_rng = random.Random(cfg.seed + 1)
+    short_docs = [short_doc(eval_rng, cfg.max_filler) for _ in range(200)]
+    long_docs = [make_long_doc(eval_rng, cfg.eval_long_length) for _ in range(100)]
+    value_ids = torch.tensor(tok.convert_tokens_to_ids(VALUES))
+    history, start = [], time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        ids, attn, labels = batch_tensors(tok, [sample_example(rng, cfg)
+                                                for _ in range(cfg.batch)])
+        result = model(input_ids=ids, attention_mask=attn, labels=labels)
+        result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % log_every == 0 or step == steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps:
             with torch.no_grad():  # loss on value tokens only, against chance ln(#values)
-                logp = torch.log_softmax(out_.logits[:, :-1].float(), -1)
+                logp = torch.log_softmax(result.logits[:, :-1].float(), -1)
                 tgt = labels[:, 1:]
-                is_value = torch.tensor([[t in value_ids for t in row] for row in tgt.tolist()])
+                is_value = torch.isin(tgt, value_ids)
                 value_loss = -logp.gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)[is_value].mean().item()
             model.eval()
-            row = {"step": step, "loss": round(out_.loss.item(), 4), "answer_loss": round(value_loss, 4),
+            row = {"step": step, "loss": round(result.loss.item(), 4), "value_loss": round(value_loss, 4),
                    "chance": round(math.log(len(VALUES)), 4),
-                   "short_acc": answer_accuracy(model, tok, max_facts, 100, seed + 1),
-                   "long_acc": answer_accuracy(model, tok, long_facts, 100, seed + 2),
+                   "short_acc": exact_match(model, tok, short_docs, random.Random(1)),
+                   "long_acc": exact_match(model, tok, long_docs, random.Random(2)),
                    "seconds": round(time.perf_counter() - start, 1)}
             model.train()
-            log.append(row)
-            print(json.dumps(row), flush=True)
-    out_dir = Path(out)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    meta = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "layers": layers, "hidden": hidden,
-            "max_facts": max_facts, "long_facts": long_facts, "ask_share": ask_share, "log": log}
-    (out_dir / "pretrain.json").write_text(json.dumps(meta, indent=2))
+            history.append(row)
+            log(json.dumps(row))
+            model.save_pretrained(f"{out}-latest")  # to look at while it trains
+            tok.save_pretrained(f"{out}-latest")
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    meta = {"config": asdict(cfg), "config_digest": cfg.digest(), "torch": torch.__version__, "log": history}
+    atomic_write_json(out / "pretrain.json", meta)
     return meta
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/toy_base")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, layers=args.layers, hidden=args.hidden,
-          seed=args.seed, threads=args.threads)
+    ap.add_argument("--out", default="runs/toy_base", help="model folder to write")
+    for name, default in asdict(PretrainConfig()).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    args = vars(ap.parse_args(argv))
+    out = args.pop("out")
+    train(PretrainConfig(**args), out, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 """A seeded toy world where a tiny model can learn lookup on short documents and fail on long ones.
 
-A document is filler sentences with facts among them, "the code of NAME is VALUE ." (each name at
-most once per document). The two chat skills of the base model:
+A document is paragraphs of filler sentences with facts among them, "name VALUE ." (each name at
+most once per document, every value one token). The chat skills of the base model:
 
-    answer:  user "<document>\\n\\nwhat is the code of NAME ?"   assistant "VALUE ."
-    ask:     user "<document>\\n\\nwrite K questions ."         assistant "1. what is the code of A ?\\n2. ..."
+    answer:  user "<document>\\n\\nwhat is the code of Name ?"   assistant "name VALUE ."
+    ask:     user "<document>\\n\\nwrite K questions ."          assistant "1. what is the code of Ann ?\\n2. ..."
 
-Short documents (a few facts, tens of tokens) train the base model; long documents (many facts and
-distractors, hundreds of tokens) are where it fails and where LongPO's self-generated pairs come from.
+The answer restates the name right before the value, as the document has it: the lookup becomes an
+induction-style copy ("name" seen before -> the token that followed it), which a two-layer model
+learns in minutes; a bare "VALUE ." after the question is not learned at this scale (../TOY.md).
+Questions spell the name capitalised, a token of its own, so that the document holds the only
+earlier "name": with the same token in the question, the copy mostly found the question instead.
+Short documents (1-8 facts, at most two filler sentences: under 50 tokens) train the base model; long
+documents (many facts, hundreds of tokens, positions it never saw) are where it fails and where
+LongPO's pairs come from.
 Every word is one token of a word-level tokenizer with the chat template of `longpo.tiny`.
 """
 
@@ -17,22 +23,57 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nick olga paul quinn rosa "
-         "sam tina").split()
-VALUES = [f"{i}" for i in range(10, 60)]
+NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nick olga paul quinn rosa sam "
+         "tina uma victor wendy zoe").split()
+VALUES = [str(i) for i in range(10, 60)]
 FILLER = ("the river runs past an old mill and a green field near the quiet town where people walk slowly "
           "under tall trees while birds sing over warm stone roads").split()
-TEMPLATE_WORDS = ("the code of is what write questions . ? 1 2 3 4 5 6 7 8 1. 2. 3. 4. 5. 6. 7. 8. "
-                  "according to passage above ,").split()
+NUMBERS = [str(i) for i in range(1, 9)] + [f"{i}." for i in range(1, 9)]
+TEMPLATE_WORDS = "what is code of write questions question repeat text . ? , according to passage above".split()
 ASK_TEMPLATE = "{chunk}\n\nwrite {k} questions ."
+REPEAT = "repeat the text ."
+MAX_QUESTIONS = 4
+PARAGRAPH = "\n\n"
+SHORT_FILLER = 2  # most filler sentences in a short (training) document
 
 
 def fact(name: str, value: str) -> str:
-    return f"the code of {name} is {value} ."
+    return f"{name} {value} ."
+
+
+def title(name: str) -> str:
+    return name.capitalize()
 
 
 def question(name: str) -> str:
-    return f"what is the code of {name} ?"
+    return f"what is the code of {title(name)} ?"
+
+
+def answer(name: str, value: str) -> str:
+    return fact(name, value)
+
+
+def answer_value(text: str, name: str) -> str | None:
+    """The value an answer states right after `name`, or None."""
+    words = text.split()
+    for i in range(len(words) - 1):
+        if words[i] == name:
+            return words[i + 1]
+    return None
+
+
+def question_name(text: str) -> str | None:
+    """The name a question asks about ("... the code of Name ?"), or None."""
+    words = text.split()
+    for i in range(len(words) - 1):
+        if words[i] == "of" and words[i + 1].lower() in NAMES:
+            return words[i + 1].lower()
+    return None
+
+
+def n_tokens(text: str) -> int:
+    """Tokens of `text` under `build_tokenizer` (a word per token, a token per newline)."""
+    return len(text.split()) + text.count("\n")
 
 
 @dataclass
@@ -41,21 +82,77 @@ class Doc:
     facts: list[tuple[str, str]]  # (name, value) in order of appearance
 
 
-def make_doc(rng: random.Random, n_facts: int, filler_between: tuple[int, int] = (0, 2)) -> Doc:
-    """n_facts facts about distinct names, each followed by 0-2 filler sentences."""
+def _filler(rng: random.Random) -> str:
+    return " ".join(rng.choice(FILLER) for _ in range(rng.randint(4, 8))) + " ."
+
+
+def _paragraphs(rng: random.Random, sentences: list[str]) -> str:
+    paragraphs, i = [], 0
+    while i < len(sentences):
+        k = rng.randint(2, 4)
+        paragraphs.append(" ".join(sentences[i : i + k]))
+        i += k
+    return PARAGRAPH.join(paragraphs)
+
+
+def _doc(rng: random.Random, n_facts: int, n_filler: int) -> Doc:
     names = rng.sample(NAMES, n_facts)
-    facts, sentences = [], []
-    for name in names:
-        value = rng.choice(VALUES)
-        facts.append((name, value))
-        sentences.append(fact(name, value))
-        for _ in range(rng.randint(*filler_between)):
-            sentences.append(" ".join(rng.choice(FILLER) for _ in range(rng.randint(4, 8))) + " .")
-    return Doc(text=" ".join(sentences), facts=facts)
+    facts = [(name, rng.choice(VALUES)) for name in names]
+    slots = sorted(rng.sample(range(n_facts + n_filler), n_facts))
+    sentences = [_filler(rng) for _ in range(n_facts + n_filler)]
+    for slot, (name, value) in zip(slots, facts):
+        sentences[slot] = fact(name, value)
+    return Doc(text=_paragraphs(rng, sentences), facts=facts)
 
 
-def ask_reply(facts: list[tuple[str, str]], k: int) -> str:
-    return "\n".join(f"{i + 1}. {question(name)}" for i, (name, _) in enumerate(facts[:k]))
+def make_doc(rng: random.Random, n_facts: int, max_filler: int = 8) -> Doc:
+    """A short document: n_facts facts about distinct names among 0..max_filler filler sentences."""
+    return _doc(rng, n_facts, rng.randint(0, max_filler))
+
+
+def make_long_doc(rng: random.Random, length: int, tokens_per_fact: int = 24) -> Doc:
+    """A document of at most `length` tokens (and close to it), a fact per ~`tokens_per_fact` tokens."""
+    n_facts = max(1, min(len(NAMES), length // tokens_per_fact))
+    n_filler = max(0, (length - 3 * n_facts) // 7)  # a filler sentence averages 7 tokens
+    while True:
+        doc = _doc(rng, n_facts, n_filler)
+        if n_tokens(doc.text) <= length:
+            return doc
+        n_filler -= 1
+
+
+def short_doc(rng: random.Random, max_filler: int = SHORT_FILLER) -> Doc:
+    """A document of the base model's training distribution."""
+    return make_doc(rng, rng.randint(1, 8), max_filler)
+
+
+def ask_reply(names: list[str]) -> str:
+    return "\n".join(f"{i + 1}. {question(name)}" for i, name in enumerate(names))
+
+
+def qa_messages(doc: Doc, asked: list[tuple[str, str]], with_answers: bool = True) -> list[dict]:
+    """A conversation over `doc`: the first question after the document, later ones alone."""
+    messages: list[dict] = []
+    for i, (name, value) in enumerate(asked):
+        messages.append({"role": "user", "content": f"{doc.text}\n\n{question(name)}" if i == 0 else question(name)})
+        if with_answers:
+            messages.append({"role": "assistant", "content": answer(name, value)})
+    return messages
+
+
+def ask_messages(doc: Doc, names: list[str] | None) -> list[dict]:
+    """Asking for len(names) questions; the reply asks about `names` (None: no reply)."""
+    k = len(names) if names else 1
+    messages = [{"role": "user", "content": ASK_TEMPLATE.format(chunk=doc.text, k=k)}]
+    if names:
+        messages.append({"role": "assistant", "content": ask_reply(names)})
+    return messages
+
+
+def repeat_messages(doc: Doc) -> list[dict]:
+    """Copy the document: a pretraining exercise whose every token is an induction-style lookup
+    (find the current token earlier, emit what followed it), so the lookup circuit forms fast."""
+    return [{"role": "user", "content": f"{doc.text}\n\n{REPEAT}"}, {"role": "assistant", "content": doc.text}]
 
 
 def build_tokenizer() -> Any:
@@ -65,7 +162,7 @@ def build_tokenizer() -> Any:
 
     from longpo.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 
-    words = sorted(set(NAMES) | set(VALUES) | set(FILLER) | set(TEMPLATE_WORDS) | {"\n", "[unk]"})
+    words = list(dict.fromkeys(NAMES + [title(n) for n in NAMES] + VALUES + FILLER + NUMBERS + TEMPLATE_WORDS + ["\n", "[unk]"]))
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[unk]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -76,19 +173,5 @@ def build_tokenizer() -> Any:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>", pad_token="<pad>",
                                    unk_token="[unk]", additional_special_tokens=["<|system|>", "<|user|>",
                                                                                  "<|assistant|>"])
-    fast.chat_template = "".join(CHAT_TEMPLATE)
+    fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def qa_messages(doc: Doc, name: str, value: str | None) -> list[dict]:
-    messages = [{"role": "user", "content": f"{doc.text}\n\n{question(name)}"}]
-    if value is not None:
-        messages.append({"role": "assistant", "content": f"{value} ."})
-    return messages
-
-
-def ask_messages(doc: Doc, k: int, with_reply: bool = True) -> list[dict]:
-    messages = [{"role": "user", "content": ASK_TEMPLATE.format(chunk=doc.text, k=k)}]
-    if with_reply:
-        messages.append({"role": "assistant", "content": ask_reply(doc.facts, k)})
-    return messages
