@@ -1,0 +1,238 @@
+"""`longpo demo`: the whole method on the built-in toy, on a laptop CPU.
+
+    longpo demo                                  # = longpo demo --config configs/demo.yaml
+    longpo demo output_dir=runs/demo2 seed=1
+
+1. The base model: the tiny chat model shipped in `longpo/demo/base_model` (trained on SHORT toy
+   documents by `python -m longpo.demo.pretrain`), or trained here with `pretrain=true`.
+2. Long toy documents per iteration (`corpus/<name>.jsonl`, seeded).
+3. `longpo evolve` with the toy evaluation: the base model is evaluated; then per iteration
+   `generate` (HF backend) -> `reference` -> `train` (LongPO, new RoPE base) -> `eval`, the
+   trained model generating the next iteration's pairs (two iterations: 512 -> 1024 tokens).
+4. The paper's baselines from the same start, on the first iteration's pairs, with the same
+   training keys: SFT on the chosen answers and DPO (reference = the initial policy on the long
+   prompt); each evaluated the same way.
+5. `report/`: `table.md` / `table.json` (accuracy per document length and on short documents),
+   `accuracy.png`, every stage's resolved config and the training metrics and generation stats.
+
+Every stage is the library call behind its CLI (`longpo generate`, `reference`, `train`, and the
+runner of `longpo eval` with the toy task); only the configs are tiny. A rerun skips finished
+stages and resumes an unfinished one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longpo.config import help_field
+
+SHIPPED = Path(__file__).parent / "base_model"
+BASELINES = ("sft", "dpo")
+
+
+def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
+    """`longpo generate` keys for toy documents of at most `length` tokens."""
+    from longpo.demo.world import ASK_TEMPLATE
+
+    return {"corpus": corpus, "backend": "hf", "backend_args": {"dtype": "float32", "device": "cpu"},
+            "min_doc_tokens": length // 2, "max_doc_tokens": length, "min_chunk_tokens": 40,
+            "max_chunk_tokens": 96, "num_questions": 2, "num_turns": 2, "question_template": ASK_TEMPLATE,
+            "question_prefix": "", "question_sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 40},
+            "answer_sampling": {"temperature": 0.0, "max_new_tokens": 8}, "filters": {"min_words": 1},
+            "reference": False, "documents_per_group": 16, "seed": seed, "progress": False}
+
+
+TRAIN_KEYS = {"max_position_embeddings": 4096, "pairs_per_micro_batch": 4, "gradient_accumulation_steps": 2,
+              "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 0.1, "nll_mode": "full",
+              "optimizer": "adamw", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
+              "max_grad_norm": 1.0, "save_steps": 10, "progress_bar": False}
+EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 100, "seed": 1234}
+
+
+@dataclass(kw_only=True)
+class Config:
+    output_dir: str = help_field("runs/demo", "every stage's folder, and report/")
+    base_model: str | None = help_field(None, "the short-context base model; default: the shipped toy model")
+    pretrain: bool = help_field(False, "train the base model here first (python -m longpo.demo.pretrain; ~20 min)")
+    seed: int = help_field(0, "seed of the documents, generation and training")
+    threads: int = help_field(2, "torch CPU threads")
+    documents: int = help_field(64, "long documents per iteration")
+    iterations: list = help_field([{"name": "it1", "length": 512, "rope_theta": 40000.0},
+                                   {"name": "it2", "length": 1024, "rope_theta": 160000.0}],
+                                  "self-evolution iterations: {name, length (document tokens), rope_theta}")
+    generate: dict = help_field({}, "`longpo generate` keys over the toy ones (see toy_generate_keys)")
+    train: dict = help_field(dict(TRAIN_KEYS), "`longpo train` keys of every run (LongPO and the baselines)")
+    eval: dict = help_field(dict(EVAL_KEYS), "toy evaluation keys (longpo.demo.eval.Config)")
+    baselines: list = help_field(list(BASELINES), f"baselines trained on the first iteration's pairs: {BASELINES}")
+
+    def __post_init__(self) -> None:
+        if not self.iterations:
+            raise ValueError("iterations: give at least one {name, length, rope_theta}")
+        for it in self.iterations:
+            if set(it) != {"name", "length", "rope_theta"}:
+                raise ValueError(f"iterations: each needs exactly name, length, rope_theta; got {it}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        if self.documents < 1:
+            raise ValueError(f"documents={self.documents} must be at least 1")
+
+
+def evolve_config(cfg: Config, base: str) -> Any:
+    from longpo import evolve
+    from longpo.config import build_config
+    from longpo.demo.corpus import write_corpus
+
+    out = Path(cfg.output_dir)
+    iterations = []
+    for it in cfg.iterations:
+        corpus = write_corpus(out / "corpus" / f"{it['name']}.jsonl", cfg.documents, int(it["length"]), cfg.seed)
+        iterations.append({
+            "name": it["name"],
+            "generate": {**toy_generate_keys(str(corpus), int(it["length"]), cfg.seed), **cfg.generate},
+            "reference": {"backend_args": {"dtype": "float32", "device": "cpu"}, "progress": False},
+            "train": {**cfg.train, "rope_theta": float(it["rope_theta"]), "max_length": int(it["length"]) + 64,
+                      "seed": cfg.seed},
+            "eval": dict(cfg.eval),
+        })
+    return build_config(evolve.Config, {"base_model": base, "output_dir": str(out), "eval_base": True,
+                                        "eval_stage": "toy", "iterations": iterations}, "demo.evolve")
+
+
+def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:
+    """SFT and DPO from the base model on the first iteration's pairs, same keys as LongPO's run."""
+    from longpo.config import build_config
+    from longpo.demo import eval as toy_eval
+    from longpo.evolve import run_once
+    from longpo.train import trainer
+
+    first = ecfg.iterations[0]
+    pairs = Path(cfg.output_dir) / first.name / "pairs.jsonl"
+    rows = []
+    for loss in cfg.baselines:
+        folder = Path(cfg.output_dir) / "baselines" / loss
+        tcfg = build_config(trainer.Config, {**first.train, "loss": loss, "model": ecfg.base_model,
+                                             "train_file": str(pairs), "output_dir": str(folder / "train")},
+                            f"baselines.{loss}.train")
+        print(f"longpo demo: baseline {loss}: train", flush=True)
+        run_once(folder / "train.done", trainer.main, tcfg)
+        final = str(folder / "train" / "final")
+        ev = build_config(toy_eval.Config, {**first.eval, "model": final, "out_dir": str(folder / "eval")},
+                          f"baselines.{loss}.eval")
+        print(f"longpo demo: baseline {loss}: eval", flush=True)
+        run_once(folder / "eval.done", toy_eval.main, ev)
+        rows.append({"model": loss, "path": final, "eval": str(folder / "eval")})
+    return rows
+
+
+def label(row: dict, first: str) -> str:
+    names = {"base": "base", "sft": "SFT", "dpo": "DPO", first: "LongPO"}
+    return names.get(row["model"], f"LongPO ({row['model']})")
+
+
+def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
+    """report/: the table (Markdown and JSON), the plot, resolved configs, metrics and generation stats."""
+    from longpo.files import atomic_write_json, atomic_write_text
+
+    out = Path(cfg.output_dir)
+    report = out / "report"
+    table = []
+    for row in rows:
+        summary = json.loads((Path(row["eval"]) / "summary.json").read_text())
+        table.append({"model": label(row, first), "run": row["model"], "path": row["path"],
+                      "accuracy": summary["accuracy"]})
+    order = {"base": 0, "SFT": 1, "DPO": 2, "LongPO": 3}
+    table.sort(key=lambda r: order.get(r["model"], 4))
+    columns = [k for k in table[0]["accuracy"] if k != "short"] + ["short"]
+    lines = ["| model | " + " | ".join(f"{c} tokens" if c != "short" else "short docs" for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for r in table:
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r['accuracy'][c]:.1f}" for c in columns) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(report / "table.md", text)
+    atomic_write_json(report / "table.json", table)
+    plot_accuracy(table, report / "accuracy.png")
+    for path in sorted(out.rglob("resolved_config.yaml")) + sorted(out.rglob("*reference_config.yaml")):
+        if report not in path.parents:
+            target = report / "configs" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + path.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    for name in ("metrics.jsonl", "stats.json"):
+        for path in sorted(out.rglob(name)):
+            if report not in path.parents:
+                target = report / "metrics" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    return {"table": table, "markdown": text}
+
+
+def plot_accuracy(table: list[dict], path: Path) -> Path | None:
+    """Accuracy against document length, one line per model (short documents at the left)."""
+    import os
+
+    try:
+        import matplotlib
+    except ImportError:
+        print("longpo demo: matplotlib is not installed (pip install longpo[eval]); no plot", flush=True)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in table:
+        keys = list(r["accuracy"])
+        ax.plot(range(len(keys)), [r["accuracy"][k] for k in keys], marker="o", label=r["model"])
+    ax.set_xticks(range(len(keys)), [k if k == "short" else f"{k}" for k in keys])
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("fact lookup accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def demo(cfg: Config) -> dict:
+    """Run (or resume) the whole demo; returns the report."""
+    import torch
+
+    from longpo.config import write_resolved_config
+    from longpo.evolve import evolve, run_once
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    write_resolved_config(cfg, out, name="demo_config.yaml")
+    start = time.perf_counter()
+    base = cfg.base_model or str(SHIPPED)
+    if cfg.pretrain:
+        from longpo.demo.pretrain import PretrainConfig, train
+
+        base = str(out / "base_model")
+        run_once(out / "pretrain.done", lambda c: train(c, base) and None, PretrainConfig(seed=cfg.seed,
+                                                                                        threads=cfg.threads))
+    if not (Path(base) / "model.safetensors").exists():
+        raise FileNotFoundError(f"base model {base}: no model.safetensors (train one with "
+                                "`python -m longpo.demo.pretrain --out {base}` or set pretrain=true)")
+    ecfg = evolve_config(cfg, base)
+    rows = evolve(ecfg)
+    rows += run_baselines(cfg, ecfg)
+    report = write_report(cfg, rows, ecfg.iterations[0].name)
+    print(f"longpo demo: {time.perf_counter() - start:.0f} s", flush=True)
+    return report
+
+
+def main(cfg: Config) -> int:
+    report = demo(cfg)
+    print(report["markdown"])
+    print(f"-> {Path(cfg.output_dir) / 'report'}")
+    return 0
