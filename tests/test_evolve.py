@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,5 +85,45 @@ def test_evolve_killed_mid_iteration_resumes_to_the_same_end(setup, tmp_path):
     assert json.loads((out / "evolve.json").read_text())[1:] == [
         {**r, "path": r["path"].replace(str(tmp_path / "full"), str(out)),
          "eval": r["eval"].replace(str(tmp_path / "full"), str(out))} for r in report[1:]]
+    for name, tensor in weights(tmp_path / "full").items():
+        torch.testing.assert_close(weights(out)[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_toy_evolve_killed_mid_iteration_resumes_to_the_same_end(tmp_path):
+    """The demo's loop on the shipped toy model (real generation, no server): SIGKILL inside the second
+    iteration's generation, rerun, and the report and final weights equal an uninterrupted run's."""
+    from longpo.config import config_to_dict
+    from longpo.demo.run import Config, evolve_config
+
+    def values(out):
+        cfg = Config(output_dir=str(out), documents=12, threads=1, generate={"documents_per_group": 3},
+                     iterations=[{"name": "it1", "length": 256, "rope_theta": 20000.0},
+                                 {"name": "it2", "length": 384, "rope_theta": 40000.0}],
+                     train={"gradient_accumulation_steps": 1, "num_epochs": 1, "save_steps": 1},
+                     eval={"lengths": [256], "num_samples": 8})
+        return config_to_dict(evolve_config(cfg, str(Path(__file__).parents[1] / "longpo/demo/base_model")))
+
+    full = launch(values(tmp_path / "full"), tmp_path, "full")
+    assert full.wait(timeout=600) == 0, full.stderr.read()[-3000:]
+    report = json.loads((tmp_path / "full" / "evolve.json").read_text())
+    assert [r["model"] for r in report] == ["base", "it1", "it2"]
+
+    out = tmp_path / "killed"
+    proc = launch(values(out), tmp_path, "killed")
+    manifest = out / "it2" / "generate" / "manifest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and json.loads(manifest.read_text())["done_groups"]:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "evolve finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "it2" / "generate.done").exists() and (out / "it1" / "eval.done").exists()
+    rerun = launch(values(out), tmp_path, "killed")
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-3000:]
+    again = json.loads((out / "evolve.json").read_text())
+    assert [r["scores"] for r in again] == [r["scores"] for r in report]
     for name, tensor in weights(tmp_path / "full").items():
         torch.testing.assert_close(weights(out)[name], tensor, rtol=0, atol=0)

@@ -66,8 +66,8 @@ class Config:
                                    {"name": "it2", "length": 1024, "rope_theta": 160000.0}],
                                   "self-evolution iterations: {name, length (document tokens), rope_theta}")
     generate: dict = help_field({}, "`longpo generate` keys over the toy ones (see toy_generate_keys)")
-    train: dict = help_field(dict(TRAIN_KEYS), "`longpo train` keys of every run (LongPO and the baselines)")
-    eval: dict = help_field(dict(EVAL_KEYS), "toy evaluation keys (longpo.demo.eval.Config)")
+    train: dict = help_field({}, "`longpo train` keys of every run (LongPO and the baselines), over TRAIN_KEYS")
+    eval: dict = help_field({}, "toy evaluation keys (longpo.demo.eval.Config), over EVAL_KEYS")
     baselines: list = help_field(list(BASELINES), f"baselines trained on the first iteration's pairs: {BASELINES}")
 
     def __post_init__(self) -> None:
@@ -81,6 +81,9 @@ class Config:
             raise ValueError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
         if self.documents < 1:
             raise ValueError(f"documents={self.documents} must be at least 1")
+        # A key given (train.lam=1.0) changes that key only; the rest of the recipe stays.
+        self.train = {**TRAIN_KEYS, **self.train}
+        self.eval = {**EVAL_KEYS, **self.eval}
 
 
 def evolve_config(cfg: Config, base: str) -> Any:
