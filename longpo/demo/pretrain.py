@@ -1,6 +1,6 @@
 """Train the toy base model on SHORT documents: answering fact questions and writing questions.
 
-    python -m longpo.demo.pretrain --out longpo/demo/base_model      # the shipped weights (~10 min)
+    python -m longpo.demo.pretrain --out longpo/demo/base_model      # the shipped weights (~12 min)
 
 Seeded and deterministic on CPU (same torch build, same thread count: the shipped weights record
 both). Loss on assistant tokens only. Progress lines report the loss on the value tokens against
@@ -147,8 +147,6 @@ def train(cfg: PretrainConfig, out: str | Path, log: Any = print) -> dict:
             model.train()
             history.append(row)
             log(json.dumps(row))
-            model.save_pretrained(f"{out}-latest")  # to look at while it trains
-            tok.save_pretrained(f"{out}-latest")
     out = Path(out)
     model.save_pretrained(out)
     tok.save_pretrained(out)

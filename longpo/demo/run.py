@@ -48,7 +48,7 @@ def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
 
 
 TRAIN_KEYS = {"max_position_embeddings": 4096, "pairs_per_micro_batch": 4, "gradient_accumulation_steps": 2,
-              "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 0.1, "nll_mode": "full",
+              "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 1.0, "nll_mode": "responses",
               "optimizer": "adamw", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
               "max_grad_norm": 1.0, "save_steps": 10, "progress_bar": False}
 EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 100, "seed": 1234}
@@ -58,7 +58,7 @@ EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 100, "seed": 1234}
 class Config:
     output_dir: str = help_field("runs/demo", "every stage's folder, and report/")
     base_model: str | None = help_field(None, "the short-context base model; default: the shipped toy model")
-    pretrain: bool = help_field(False, "train the base model here first (python -m longpo.demo.pretrain; ~20 min)")
+    pretrain: bool = help_field(False, "train the base model here first (python -m longpo.demo.pretrain; ~12 min on 1 core)")
     seed: int = help_field(0, "seed of the documents, generation and training")
     threads: int = help_field(2, "torch CPU threads")
     documents: int = help_field(64, "long documents per iteration")
