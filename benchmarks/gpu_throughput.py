@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_throughput.py                              # Mistral-7B shape, bf16, H200 peak
     python benchmarks/gpu_throughput.py --arch qwen2 --lengths 16384 32768 --backend flex
+    python benchmarks/gpu_throughput.py --compare-plain 32768        # and the plain path up to 32K
     python benchmarks/gpu_throughput.py --tiny --lengths 512 1024    # CPU smoke run of this script
 
 The model is built from a config with random weights (nothing is downloaded): Mistral-7B-v0.2's
@@ -36,18 +37,16 @@ ARCHS = {
 }
 
 
-def make_batch(length: int, vocab: int):
+def make_pair(length: int, vocab: int):
     import random
 
     from longpo.data.records import TokenizedPair
-    from longpo.train.packing import pack_pairs
 
     rng = random.Random(0)
     ids = lambda n: [rng.randrange(3, vocab) for _ in range(n)]  # noqa: E731
-    pair = TokenizedPair(id=f"bench-{length}", prefix=ids(length - 2 * ANSWER), chosen=ids(ANSWER),
+    return TokenizedPair(id=f"bench-{length}", prefix=ids(length - 2 * ANSWER), chosen=ids(ANSWER),
                          chosen_mask=[True] * ANSWER, rejected=ids(ANSWER), rejected_mask=[True] * ANSWER,
                          ref_chosen_logp=-1000.0, ref_rejected_logp=-1000.0)
-    return pack_pairs([pair], "full")
 
 
 def model_flops(batch, config, layer_params: int) -> float:
@@ -72,15 +71,18 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="default: from the GPU name (H200: 989)")
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny model, float32, CPU allowed: checks the script")
+    parser.add_argument("--compare-plain", type=int, default=0, metavar="MAX_TOKENS",
+                        help="also time the plain path (chosen and rejected as two full sequences, full-vocabulary "
+                             "logits) at lengths up to MAX_TOKENS, and print the ratios")
     args = parser.parse_args()
 
     import torch
 
     from longpo.tiny import build_tiny_model
     from longpo.train.attention import use_shared_prefix_attention
-    from longpo.train.logps import forward_pairs
+    from longpo.train.logps import forward_pairs, forward_pairs_plain
     from longpo.train.loss import PairLogps, combine_loss, preference_losses
-    from longpo.train.packing import batch_to
+    from longpo.train.packing import batch_to, pack_pairs
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -105,40 +107,70 @@ def main() -> None:
     print(f"{arch}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {dtype}, backend "
           f"{args.backend}, gradient checkpointing {not args.no_checkpointing}")
 
-    def step(batch) -> None:
+    def packed_step(batch) -> None:
         out = forward_pairs(model, batch, attention_backend=args.backend)
         pref = preference_losses(out.policy, PairLogps(batch.ref_chosen, batch.ref_rejected), 0.01)
         combine_loss(out.nll_sum, out.nll_tokens, pref.losses.sum(), batch.num_pairs, 1.0, 0.01).backward()
         model.zero_grad(set_to_none=True)
 
-    rows = []
-    for length in args.lengths:
-        batch = batch_to(make_batch(length, model.config.vocab_size), device)
+    def plain_step(pair) -> None:  # the model's own attention (no layout kwarg): causal SDPA
+        out = forward_pairs_plain(model, [pair], "full")
+        ref = torch.tensor([pair.ref_chosen_logp], device=device), torch.tensor([pair.ref_rejected_logp], device=device)
+        pref = preference_losses(out.policy, PairLogps(*ref), 0.01)
+        combine_loss(out.nll_sum, out.nll_tokens, pref.losses.sum(), 1, 1.0, 0.01).backward()
+        model.zero_grad(set_to_none=True)
+
+    def timed(fn, arg) -> tuple[float, float] | None:
+        """(seconds per step, peak GiB) after one warm-up step, or None on OOM."""
         try:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            step(batch)  # warm-up (and compilation for flex)
+            fn(arg)  # warm-up (and compilation for flex)
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(batch)
+                fn(arg)
             if cuda:
                 torch.cuda.synchronize()
-            seconds = (time.perf_counter() - start) / args.steps
+            peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            return (time.perf_counter() - start) / args.steps, peak_gib
         except torch.OutOfMemoryError:
-            rows.append(f"| {length} | OOM | | | | |")
+            model.zero_grad(set_to_none=True)
+            return None
+
+    rows = []
+    for length in args.lengths:
+        pair = make_pair(length, model.config.vocab_size)
+        batch = batch_to(pack_pairs([pair], "full"), device)
+        packed = timed(packed_step, batch)
+        if packed is None:
+            rows.append(f"| {length} | OOM | | | | |" + (" | | | |" if args.compare_plain else ""))
+            print(rows[-1], flush=True)
             continue
+        seconds, peak_gib = packed
         flops = model_flops(batch, model.config, layer_params)
         mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "-"
-        mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if cuda else "-"
-        rows.append(f"| {length} | {batch.num_tokens / seconds:,.0f} | {seconds:.2f} | {flops / seconds / 1e12:.0f} "
-                    f"| {mfu} | {mem} |")
-        print(rows[-1], flush=True)
-    print(f"\n{gpu}, {arch}, {dtype}, backend {args.backend}, {time.strftime('%Y-%m-%d')}")
-    print("| tokens | tokens/s | step s | model TFLOP/s | MFU | peak GiB |")
-    print("|---|---|---|---|---|---|")
+        row = (f"| {length} | {batch.num_tokens / seconds:,.0f} | {seconds:.2f} | {flops / seconds / 1e12:.0f} "
+               f"| {mfu} | {peak_gib:.1f} |")
+        if args.compare_plain:
+            plain = timed(plain_step, pair) if length <= args.compare_plain else None
+            if plain is None:
+                reason = "OOM" if length <= args.compare_plain else "not run"
+                row += f" {reason} | | | |"
+            else:
+                row += f" {plain[0]:.2f} | {plain[1]:.1f} | {plain[0] / seconds:.2f}x | {peak_gib / plain[1]:.2f}x |"
+        rows.append(row)
+        print(row, flush=True)
+    print(f"\n{gpu}, {arch}, {dtype}, backend {args.backend}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    head = "| tokens | tokens/s | step s | model TFLOP/s | MFU | peak GiB |"
+    rule = "|---|---|---|---|---|---|"
+    if args.compare_plain:
+        head += " plain step s | plain peak GiB | speed-up | memory vs plain |"
+        rule += "---|---|---|---|"
+    print(head)
+    print(rule)
     print("\n".join(rows))
 
 

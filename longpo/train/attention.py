@@ -72,7 +72,10 @@ def build_block_mask(layout: SharedPrefixLayout, device: torch.device | str) -> 
         return (same & visible & (kv_idx <= q_idx)) | (q_idx == kv_idx)
 
     t = layout.total_len
-    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=t, KV_LEN=t, device=device)
+    # Eager mask creation materialises T x T booleans (256 GB at 512K): on CUDA it is compiled,
+    # which evaluates mask_mod block by block.
+    compile_mask = torch.device(device).type == "cuda"
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=t, KV_LEN=t, device=device, _compile=compile_mask)
 
 
 _compiled_flex = None
@@ -85,7 +88,10 @@ def _flex(q, k, v, block_mask, scaling: float | None) -> torch.Tensor:
     fn = flex_attention
     if q.device.type == "cuda":
         if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+            # Not dynamic=False: every new row length would recompile, and past dynamo's recompile
+            # limit flex_attention silently falls back to eager (a dense T x T score matrix). The
+            # default compiles the first shape statically and the next one with a symbolic length.
+            _compiled_flex = torch.compile(flex_attention)
         fn = _compiled_flex
     return fn(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
 

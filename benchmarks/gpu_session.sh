@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything this project checks and times on one lent GPU, in one run of under 10 minutes:
+# the CUDA parity tests, the 7B throughput tables, and `longpo train` on CUDA (plain and FSDP2).
+#
+#   bash benchmarks/gpu_session.sh [OUT_DIR]     # logs and tables land in OUT_DIR (default gpu-out)
+#
+# The GPU image has torch and transformers but not `datasets`: wheels in .whl/ are installed first
+# when present (pip download ... datasets dill multiprocess, for the image's Python).
+# Each part has its own time limit, so one slow part cannot starve the others.
+set -u
+out=${1:-${OUT:-gpu-out}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local start=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'accelerate', accelerate.__version__)"
+
+part tests 90 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_gpu.py
+part mistral_sdpa 170 python3 benchmarks/gpu_throughput.py --arch mistral --backend sdpa --steps 2 --compare-plain 32768
+part mistral_flex 120 python3 benchmarks/gpu_throughput.py --arch mistral --backend flex --steps 2
+part train_cuda 60 python3 -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-cuda mixed_precision=bf16
+part train_fsdp2 50 python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml --num_processes 1 \
+  -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-fsdp2 num_epochs=1
+part qwen2_sdpa 80 python3 benchmarks/gpu_throughput.py --arch qwen2 --backend sdpa --steps 1
+tail -n 3 /tmp/tiny-cuda/metrics.jsonl /tmp/tiny-fsdp2/metrics.jsonl 2>/dev/null | tee "$out/train_metrics.log"
+echo "=== done $(date +%T)"
