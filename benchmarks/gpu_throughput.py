@@ -126,9 +126,11 @@ def main() -> None:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
             fn(arg)  # warm-up (and compilation for flex)
             if cuda:
                 torch.cuda.synchronize()
+            print(f"{getattr(arg, 'num_tokens', '')} {fn.__name__} warm-up {time.perf_counter() - start:.1f} s", flush=True)
             start = time.perf_counter()
             for _ in range(args.steps):
                 fn(arg)
