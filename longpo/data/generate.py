@@ -17,6 +17,7 @@ duplicates a pair. Outputs: `records-*.jsonl`, `manifest.json`, `stats.json`, `r
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import sys
 import time
@@ -29,6 +30,8 @@ from longpo.config import help_field
 from longpo.data.backends.base import Sampling
 from longpo.data.filters import DROP_REASONS, FilterConfig, chosen_drop_reason, drop_reason
 from longpo.data.prompts import QUESTION_PREFIX, QUESTION_TEMPLATE
+
+log = logging.getLogger("longpo.generate")
 
 
 @dataclass(kw_only=True)
@@ -303,9 +306,15 @@ def _groups(cfg: Config, skipped: dict):
 
     group: list = []
     index = 0
+    seen: set[str] = set()  # record ids are document ids: a repeated id would give two records of one id
     for doc in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, skipped):
         if not in_shard(doc.id, cfg.num_shards, cfg.shard_index):
             continue
+        if doc.id in seen:
+            log.warning("%s: document id %r seen before; skipped", doc.where, doc.id)
+            skipped["duplicate_id"] = skipped.get("duplicate_id", 0) + 1
+            continue
+        seen.add(doc.id)
         group.append(doc)
         if len(group) == cfg.documents_per_group:
             yield index, group
@@ -346,8 +355,8 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     manifest_path = out / "manifest.json"
     manifest = _load_manifest(manifest_path, cfg)
     skipped: dict = {}
-    total_docs = sum(1 for d in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, {})
-                     if in_shard(d.id, cfg.num_shards, cfg.shard_index))
+    total_docs = len({d.id for d in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, {})
+                      if in_shard(d.id, cfg.num_shards, cfg.shard_index)})
     if total_docs == 0:
         raise CorpusError(f"corpus {cfg.corpus}: no documents (in shard {cfg.shard_index} of {cfg.num_shards})")
     if backend is None:

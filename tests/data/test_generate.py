@@ -172,7 +172,7 @@ def test_shards_partition_the_corpus_and_merge_dedups(tmp_path, tokenizer_dir):
         server.close()
 
 
-def test_out_of_bounds_documents_are_counted_and_empty_corpus_is_an_error(tmp_path, tokenizer_dir):
+def test_out_of_bounds_and_repeated_documents_are_counted_and_empty_corpus_is_an_error(tmp_path, tokenizer_dir):
     server = LoopbackServer(canned())
     try:
         backend = OpenAIBackend("served", tokenizer_dir, base_url=server.url)
@@ -181,10 +181,11 @@ def test_out_of_bounds_documents_are_counted_and_empty_corpus_is_an_error(tmp_pa
             f.write(json.dumps({"id": "tiny", "text": "too short."}) + "\n")
             f.write(json.dumps({"id": "huge", "text": " ".join(["river"] * 5000)}) + "\n")
             f.write(json.dumps({"id": "blank", "text": "   "}) + "\n")
+            f.write(json.dumps({"id": "d0", "text": "a second document with the id of the first."}) + "\n")
         cfg = build_config(Config, small(corpus=str(corpus), output_dir=str(tmp_path / "o")))
         stats = generate(cfg, backend=backend, ref_backend=backend)
         assert stats["documents"] == 7 and stats["records"] == 4
-        assert stats["skipped"] == {"too_short": 1, "too_long": 1, "empty": 1}
+        assert stats["skipped"] == {"too_short": 1, "too_long": 1, "empty": 1, "duplicate_id": 1}
         # Groups 2 and 3 kept nothing: no shard file for them, so the folder still reads.
         assert len(read_records(tmp_path / "o")) == 4 and len(list((tmp_path / "o").glob("*.jsonl"))) == 2
         (tmp_path / "empty.jsonl").write_text("")
