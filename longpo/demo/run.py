@@ -51,7 +51,7 @@ TRAIN_KEYS = {"max_position_embeddings": 4096, "pairs_per_micro_batch": 4, "grad
               "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 1.0, "nll_mode": "responses",
               "optimizer": "adamw", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
               "max_grad_norm": 1.0, "save_steps": 10, "progress_bar": False}
-EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 100, "seed": 1234}
+EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 300, "seed": 1234}
 
 
 @dataclass(kw_only=True)
@@ -181,7 +181,7 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     try:
         import matplotlib
     except ImportError:
-        print("longpo demo: matplotlib is not installed (pip install longpo[eval]); no plot", flush=True)
+        print("longpo demo: matplotlib is not installed (pip install longpo[demo]); no plot", flush=True)
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
