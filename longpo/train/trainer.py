@@ -160,6 +160,65 @@ class PairModel(torch.nn.Module):
 # Setup: accelerator, tiny defaults, models, optimizer, schedule
 
 
+def requested_sharding() -> str | None:
+    """The sharding a launcher asked accelerate for through the environment (`accelerate launch` with a
+    DeepSpeed / FSDP config, or ACCELERATE_USE_* set by hand before torchrun): "DEEPSPEED", "FSDP" or None.
+    Read as accelerate 1.15 reads it."""
+    import os
+
+    for name in ("DEEPSPEED", "FSDP"):
+        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
+            return name
+    return None
+
+
+def launch_world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accelerator_kwargs() -> dict:
+    """Accelerator arguments that make a multi-process launch on a machine WITHOUT an accelerator device
+    what it asked for. accelerate 1.15 there picks no process-group backend unless ACCELERATE_USE_CPU is
+    set, and then every process reports num_processes=1 (the ranks would train apart and DeepSpeed would
+    average over a world the trainer does not count); with ACCELERATE_USE_CPU set it runs DDP and ignores
+    a DeepSpeed or FSDP request. So: DeepSpeed or FSDP asked -> gloo (DeepSpeed then runs on CPU; FSDP is
+    refused by `check_distributed`, accelerate enables it only on GPU-type devices); else -> cpu (DDP)."""
+    if launch_world_size() <= 1 or torch.accelerator.is_available():
+        return {}
+    if requested_sharding() is None:
+        return {"cpu": True}
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
+
+
+def check_distributed(accelerator: Any) -> None:
+    """Refuse a launch where accelerate's view differs from the processes that run: a silent fallback
+    would train with the wrong gradient scale, unsynchronised ranks, or unsharded weights."""
+    import torch.distributed as dist
+    from accelerate.utils import DistributedType
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    kind = accelerator.distributed_type.value
+    if accelerator.num_processes != world:
+        raise RuntimeError(f"accelerate counts {accelerator.num_processes} process(es) ({kind}) but "
+                           f"torch.distributed has {world}: launch with torchrun or accelerate launch on a "
+                           f"supported device (on CPU: ACCELERATE_USE_CPU=true, or DeepSpeed without it)")
+    if world == 1:
+        return
+    wanted = requested_sharding()
+    if wanted is not None and kind != wanted:
+        hint = ("accelerate 1.15 enables FSDP only on GPU-type devices (CUDA, XPU, NPU, ...), not on CPU"
+                if wanted == "FSDP" else "on CPU, DeepSpeed needs ACCELERATE_USE_CPU unset")
+        raise RuntimeError(f"the launch asked for {wanted} (ACCELERATE_USE_{wanted}=true) but accelerate "
+                           f"chose {kind} on {accelerator.device}: {hint}")
+    if kind == DistributedType.NO.value:
+        raise RuntimeError(f"{world} processes but accelerate chose no distributed wrapper, so gradients "
+                           f"would not be synchronised; on CPU set ACCELERATE_USE_CPU=true")
+
+
 def make_accelerator(cfg: Config) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, ProjectConfiguration
@@ -169,7 +228,9 @@ def make_accelerator(cfg: Config) -> Any:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=list(cfg.report_to) or None,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        **accelerator_kwargs(),
     )
+    check_distributed(accelerator)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # One packed row per forward; the rest of the step shape comes from this config, not the JSON.
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -365,7 +426,8 @@ class Trainer:
             truncate_metrics(Path(cfg.output_dir) / "metrics.jsonl", self.step)
         self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
         logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
-                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s), loss={cfg.loss}")
+                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s) ({accelerator.distributed_type.value}, "
+                    f"sp_size {self.mesh.sp_size}), loss={cfg.loss}")
 
     def call_forward(self, model: Any, batch: Any, chunk_size: int | None, backend: str) -> Any:
         """Indirection so that `trainer.forward_fn` can be replaced after setup (sequence parallel)."""
