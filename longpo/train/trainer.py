@@ -10,7 +10,8 @@ One optimizer step, read top to bottom in `Trainer.train_step`:
   2. reduce the step's NLL-token and pair counts over data-parallel ranks (`reduce_counts`);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, backward;
-  4. reduce the step's metric sums; stop on a non-finite loss BEFORE the optimizer step;
+  4. reduce the step's metric sums; stop on a non-finite loss BEFORE the optimizer step (checked before
+     each backward, as DeepSpeed steps inside the last one);
   5. clip, optimizer step, scheduler step; log; checkpoint every `save_steps`.
 Because every micro-batch loss is already its share of the global step mean, the gradients add
 up to exactly the big-batch gradient. accelerate divides each backward by the accumulation steps
@@ -482,10 +483,20 @@ class Trainer:
                     pref = preference_losses(out.policy, self.reference_logps(batch), cfg.beta)
                 pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
                 loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
+                self.check_finite(loss, micro)
                 accelerator.backward(loss * self.backward_scale)
             if mb.weight > 0 and first:
                 sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs, batch.num_tokens, pref)
         return sums
+
+    def check_finite(self, loss: Any, micro: list) -> None:
+        """Stop on a non-finite micro-batch loss before its backward, on every rank together. The check
+        after the step's backwards is too late under DeepSpeed: its engine steps inside the last one."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.world > 1:
+            torch.distributed.all_reduce(bad)
+        if bad.item():
+            self.stop(f"non-finite loss (this rank's micro-batch: {float(loss.detach())})", micro)
 
     def reference_logps(self, batch: Any) -> Any:
         from longpo.train.loss import PairLogps
