@@ -82,6 +82,15 @@ def _assert_equal_runs(one: Path, other: Path, label: str) -> None:
     assert (other / "checkpoint-0000002" / "trainer_state.json").is_file(), f"{label}: no final checkpoint"
 
 
+def _check_runs(label: str, kind: str, runs: dict, one_process: Path, tmp_path: Path) -> None:
+    """Each launch {name: (command, env)} runs under `kind` with sp 2 and equals the one-process run."""
+    for i, (name, (cmd, env)) in enumerate(runs.items()):
+        out = tmp_path / f"run{i}"
+        log = _run(f"{label} {name}", [*cmd, f"output_dir={out}"], env)
+        assert f"2 rank(s) ({kind}, sp_size 2)" in log, f"{name}: not a {kind} run:\n{log[-3000:]}"
+        _assert_equal_runs(one_process, out, f"{label} {name}")
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
@@ -98,11 +107,7 @@ def test_fsdp2_with_sp_size_2_equals_one_process(one_process, tmp_path):
         "torchrun": (_torchrun(script), _env(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")),
         "accelerate launch": (_accelerate_launch("configs/accelerate/fsdp2.yaml", script), _env()),
     }
-    for i, (name, (cmd, env)) in enumerate(runs.items()):
-        out = tmp_path / f"run{i}"
-        log = _run(f"FSDP2 sp2 {name}", [*cmd, f"output_dir={out}"], env)
-        assert "2 rank(s) (FSDP, sp_size 2)" in log, f"{name}: not an FSDP run:\n{log[-3000:]}"
-        _assert_equal_runs(one_process, out, f"FSDP2 sp2 {name}")
+    _check_runs("FSDP2 sp2", "FSDP", runs, one_process, tmp_path)
 
 
 @pytest.mark.slow
@@ -115,11 +120,7 @@ def test_zero3_with_sp_size_2_equals_one_process(one_process, tmp_path):
                                              ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ROOT / "configs/deepspeed/zero3.json"))),
         "accelerate launch": (_accelerate_launch("configs/accelerate/zero3.yaml", script), _env()),
     }
-    for i, (name, (cmd, env)) in enumerate(runs.items()):
-        out = tmp_path / f"run{i}"
-        log = _run(f"ZeRO-3 sp2 {name}", [*cmd, f"output_dir={out}"], env)
-        assert "2 rank(s) (DEEPSPEED, sp_size 2)" in log, f"{name}: not a DeepSpeed run:\n{log[-3000:]}"
-        _assert_equal_runs(one_process, out, f"ZeRO-3 sp2 {name}")
+    _check_runs("ZeRO-3 sp2", "DEEPSPEED", runs, one_process, tmp_path)
 
 
 # ---------------------------------------------------------------- launch checks, in this process
