@@ -165,9 +165,7 @@ def use_shared_prefix_attention(model: Any, backend: str = "sdpa") -> None:
     set_attention(model, register_shared_prefix_attention(backend))
 
 
-def default_backend(device: torch.device | str) -> str:
-    """sdpa everywhere. On an H200 (Mistral-7B shape, bf16, 16K tokens) SDPA's flash kernel per span
-    took 2.52 s a step and compiled flex 2.78 s, after 80 s of compilation (benchmarks/gpu_throughput.py,
-    2026-11-30); flex stays available as `attention_backend: flex`."""
-    del device
-    return "sdpa"
+# What `attention_backend: auto` means, on every device. On an H200 (Mistral-7B shape, bf16, 16K tokens)
+# SDPA's flash kernel per span took 2.52 s a step and compiled flex 2.78 s, after 80 s of compilation
+# (benchmarks/gpu_throughput.py, 2026-11-30); flex stays available as `attention_backend: flex`.
+DEFAULT_BACKEND = "sdpa"

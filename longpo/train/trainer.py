@@ -10,8 +10,8 @@ One optimizer step, read top to bottom in `Trainer.train_step`:
   2. reduce the step's NLL-token and pair counts over data-parallel ranks (`reduce_counts`);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, backward;
-  4. reduce the step's metric sums; stop on a non-finite loss BEFORE the optimizer step (checked before
-     each backward, as DeepSpeed steps inside the last one);
+  4. (before each backward) stop on a non-finite loss, on every rank together: BEFORE the optimizer
+     step, which DeepSpeed takes inside the last backward; then reduce the step's metric sums;
   5. clip, optimizer step, scheduler step; log; checkpoint every `save_steps`.
 Because every micro-batch loss is already its share of the global step mean, the gradients add
 up to exactly the big-batch gradient. accelerate divides each backward by the accumulation steps
@@ -173,12 +173,6 @@ def requested_sharding() -> str | None:
     return None
 
 
-def launch_world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def accelerator_kwargs() -> dict:
     """Accelerator arguments that make a multi-process launch on a machine WITHOUT an accelerator device
     what it asked for. accelerate 1.15 there picks no process-group backend unless ACCELERATE_USE_CPU is
@@ -186,7 +180,9 @@ def accelerator_kwargs() -> dict:
     average over a world the trainer does not count); with ACCELERATE_USE_CPU set it runs DDP and ignores
     a DeepSpeed or FSDP request. So: DeepSpeed or FSDP asked -> gloo (DeepSpeed then runs on CPU; FSDP is
     refused by `check_distributed`, accelerate enables it only on GPU-type devices); else -> cpu (DDP)."""
-    if launch_world_size() <= 1 or torch.accelerator.is_available():
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.accelerator.is_available():
         return {}
     if requested_sharding() is None:
         return {"cpu": True}
@@ -368,7 +364,7 @@ class Trainer:
 
         from longpo.config import config_to_dict, write_resolved_config
         from longpo.data.records import read_records
-        from longpo.train.attention import default_backend
+        from longpo.train.attention import DEFAULT_BACKEND
         from longpo.train.checkpoint import load_checkpoint, resolve_resume, truncate_metrics
         from longpo.train.data import filler_pair, steps_per_epoch
         from longpo.train.logps import forward_pairs
@@ -388,7 +384,7 @@ class Trainer:
         self.records = read_records(cfg.train_file, require_reference=cfg.loss == "longpo")
         self.forward_fn = forward_fn or (sequence_parallel_forward(self.mesh) if cfg.sp_size > 1 else forward_pairs)
 
-        backend = default_backend(accelerator.device) if cfg.attention_backend == "auto" else cfg.attention_backend
+        backend = DEFAULT_BACKEND if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
         parallelize(policy, self.mesh, backend)
         if cfg.gradient_checkpointing:
@@ -519,8 +515,6 @@ class Trainer:
             start = time.perf_counter()
             micro, skipped = self.fetch_step(self.step)
             sums = self.train_step(micro, len(skipped)).reduce(accelerator)
-            if not math.isfinite(sums.loss):
-                self.stop(f"non-finite loss ({sums.loss})", micro)
             grad_norm = accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
             if grad_norm is not None and not math.isfinite(float(grad_norm)):
                 self.stop(f"non-finite gradient norm ({float(grad_norm)})", micro)
