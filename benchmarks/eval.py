@@ -25,7 +25,7 @@ def train_tokenizer(vocab_size: int, texts: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from longpo.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from longpo.toy.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -24,10 +24,10 @@ import time
 def main() -> None:
     import torch
 
-    from longpo.data.backends.base import Sampling
-    from longpo.data.backends.hf import HFBackend
+    from longpo.backends.base import Sampling
+    from longpo.backends.hf import HFBackend
     from longpo.data.records import user_content
-    from longpo.tiny import build_tiny_model, build_tiny_tokenizer
+    from longpo.toy.tiny import build_tiny_model, build_tiny_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192])

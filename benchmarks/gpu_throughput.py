@@ -78,7 +78,7 @@ def main() -> None:
 
     import torch
 
-    from longpo.tiny import build_tiny_model
+    from longpo.toy.tiny import build_tiny_model
     from longpo.train.attention import use_shared_prefix_attention
     from longpo.train.logps import forward_pairs, forward_pairs_plain
     from longpo.train.loss import PairLogps, combine_loss, preference_losses

@@ -45,7 +45,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from longpo.tiny import build_tiny_model
+    from longpo.toy.tiny import build_tiny_model
     from longpo.train.loss import PairLogps, combine_loss, preference_losses
     from longpo.train.packing import pack_pairs
     from longpo.train.parallel import forward_pairs_parallel, init_mesh, parallelize

@@ -57,7 +57,7 @@ def make_records(tokenizer, prompt_tokens: int, answer_tokens: int, n: int) -> l
 def build(vocab: int):
     import torch
 
-    from longpo.tiny import build_tiny_model, build_tiny_tokenizer
+    from longpo.toy.tiny import build_tiny_model, build_tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer()

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from longpo.errors import InputError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override that cannot be turned into the stage's config."""
 
 
@@ -54,11 +56,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested mappings merged key by key."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -117,7 +120,7 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config keys")
         values = loaded
-    values = _merge(values, parse_overrides(list(overrides or [])))
+    values = merge_dicts(values, parse_overrides(list(overrides or [])))
     return build_config(cls, values, where=str(path) if path else "config")
 
 

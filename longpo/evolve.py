@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longpo.config import help_field
+from longpo.config import build_config, help_field, write_resolved_config
+from longpo.data import generate, reference
+from longpo.eval import run as eval_run
+from longpo.eval.report import headline
+from longpo.files import atomic_write_json, atomic_write_text
+from longpo.train import trainer
 
 STAGE_ORDER = ("generate", "reference", "train", "eval")
-# The evaluation stage by name: the paper's suites, or the demo's toy fact lookup. Each module has
-# `Config` (with `model` and `out_dir`) and `main(cfg)` writing `out_dir/summary.json`.
-EVAL_STAGES = {"longpo": "longpo.eval.run", "toy": "longpo.demo.eval"}
+STAGES = {"generate": generate, "reference": reference, "train": trainer, "eval": eval_run}
 
 
 @dataclass(kw_only=True)
@@ -43,7 +46,6 @@ class Iteration:
     reference: dict = help_field({}, "`longpo reference` keys, used when generate has reference: false")
     train: dict = help_field({}, "`longpo train` keys (model, train_file, output_dir are set here)")
     eval: dict = help_field({}, "`longpo eval` keys (model and out_dir are set here)")
-    eval_stage: str = help_field("longpo", "set from the top-level eval_stage")
 
 
 @dataclass(kw_only=True)
@@ -51,44 +53,22 @@ class Config:
     base_model: str = help_field(help="the starting short-context model (a local folder)")
     output_dir: str = help_field("runs/evolve", "one folder per iteration, plus evolve.md / evolve.json")
     eval_base: bool = help_field(True, "evaluate the starting model with the first iteration's eval keys")
-    eval_stage: str = help_field("longpo", f"evaluation stage: {sorted(EVAL_STAGES)} (toy: the demo's task)")
     iterations: list = help_field([], "list of iterations: {name, generate, reference, train, eval}")
 
     def __post_init__(self) -> None:
-        from longpo.config import build_config
-
         if not self.base_model:
             raise ValueError("base_model= is required")
         if not self.iterations:
             raise ValueError("iterations: give at least one {name, generate, train, eval}")
         self.iterations = [it if isinstance(it, Iteration) else build_config(Iteration, it, f"iterations[{i}]")
                            for i, it in enumerate(self.iterations)]
-        for it in self.iterations:
-            it.eval_stage = self.eval_stage
         names = [it.name for it in self.iterations]
         if len(set(names)) != len(names) or "base" in names:
             raise ValueError(f"iteration names must be unique and not 'base': {names}")
-        if self.eval_stage not in EVAL_STAGES:
-            raise ValueError(f"eval_stage={self.eval_stage!r}: choose one of {sorted(EVAL_STAGES)}")
-
-
-def eval_module(name: str) -> Any:
-    import importlib
-
-    return importlib.import_module(EVAL_STAGES[name])
-
-
-def eval_headline(name: str) -> Any:
-    """`summary -> {label: score}` of an evaluation stage (the paper suites' lives in eval.report)."""
-    from longpo.eval import report
-
-    return getattr(eval_module(name), "headline", report.headline)
 
 
 def run_once(marker: Path, fn: Any, cfg: Any) -> bool:
     """Run `fn(cfg)` unless `marker` exists; write the marker atomically after it succeeds."""
-    from longpo.files import atomic_write_json
-
     if marker.exists():
         return False
     result = fn(cfg)
@@ -100,12 +80,6 @@ def run_once(marker: Path, fn: Any, cfg: Any) -> bool:
 
 def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
     """Each stage's config: the iteration's keys, then the wiring between stages."""
-    from longpo.config import build_config
-    from longpo.data import generate, reference
-    from longpo.train import trainer
-
-    eval_run = eval_module(it.eval_stage)
-
     gen = build_config(generate.Config, {**it.generate, "model": model, "output_dir": str(folder / "generate")},
                        f"{it.name}.generate")
     pairs = folder / "generate"
@@ -124,19 +98,8 @@ def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
     return cfgs
 
 
-def _stage_main(stage: str, eval_stage: str) -> Any:
-    from longpo.data import generate, reference
-    from longpo.train import trainer
-
-    return {"generate": generate.main, "reference": reference.main,
-            "train": trainer.main, "eval": eval_module(eval_stage).main}[stage]
-
-
 def evolve(cfg: Config) -> list[dict]:
     """Run (or resume) every iteration; returns one row per evaluated model."""
-    from longpo.config import build_config, write_resolved_config
-
-    eval_run = eval_module(cfg.eval_stage)
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out)
     rows = []
@@ -152,17 +115,15 @@ def evolve(cfg: Config) -> list[dict]:
         for stage in STAGE_ORDER:
             if stage in cfgs:
                 print(f"longpo evolve: {it.name}: {stage}", flush=True)
-                run_once(folder / f"{stage}.done", _stage_main(stage, cfg.eval_stage), cfgs[stage])
+                run_once(folder / f"{stage}.done", STAGES[stage].main, cfgs[stage])
         model = cfgs["eval"].model
         rows.append({"model": it.name, "path": model, "eval": str(folder / "eval")})
-    write_report(rows, out, eval_headline(cfg.eval_stage))
+    write_report(rows, out)
     return rows
 
 
-def write_report(rows: list[dict], out: Path, headline: Any) -> None:
+def write_report(rows: list[dict], out: Path) -> None:
     """evolve.json and evolve.md: every model's headline scores side by side."""
-    from longpo.files import atomic_write_json, atomic_write_text
-
     scores = []
     for row in rows:
         summary = json.loads((Path(row["eval"]) / "summary.json").read_text())

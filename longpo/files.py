@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from longpo.errors import InputError
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` through a temporary file and `os.replace`, so a crash leaves old or new."""
@@ -56,7 +58,7 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
         except json.JSONDecodeError as e:
             if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
                 return
-            raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from e
+            raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from e
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
         yield row

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from longpo.tiny import build_tiny_tokenizer
+    from longpo.toy.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

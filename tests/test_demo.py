@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from longpo.demo.eval import FactQA
 from longpo.demo.run import SHIPPED, Config, demo
-from longpo.demo.world import answer, build_tokenizer, short_doc
+from longpo.eval.tasks.toy import FactQA
+from longpo.toy.world import answer, build_tokenizer, short_doc
 
 
 def test_shipped_base_model_is_the_committed_recipe():
@@ -28,7 +28,7 @@ def test_shipped_base_model_answers_short_questions_and_fails_long_ones():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from longpo.demo.pretrain import exact_match
-    from longpo.demo.world import make_long_doc
+    from longpo.toy.world import make_long_doc
 
     tok = build_tokenizer()
     assert AutoTokenizer.from_pretrained(SHIPPED).get_vocab() == tok.get_vocab(), "shipped tokenizer != world's"
@@ -60,7 +60,7 @@ def short_demo(out: Path) -> Config:
                   train={"pairs_per_micro_batch": 4, "gradient_accumulation_steps": 1, "num_epochs": 1,
                          "beta": 0.1, "lam": 0.1, "optimizer": "adamw", "learning_rate": 1e-3, "save_steps": 2,
                          "progress_bar": False},
-                  eval={"lengths": [128, 256], "num_samples": 8})
+                  eval={"toy": {"lengths": [128, 256], "num_samples": 8}})
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from longpo.tiny import build_tiny_model
+from longpo.toy.tiny import build_tiny_model
 from tests.data.loopback import LoopbackServer
 from tests.data.test_generate import canned, small, write_corpus
 
@@ -101,7 +101,7 @@ def test_toy_evolve_killed_mid_iteration_resumes_to_the_same_end(tmp_path):
                      iterations=[{"name": "it1", "length": 256, "rope_theta": 20000.0},
                                  {"name": "it2", "length": 384, "rope_theta": 40000.0}],
                      train={"gradient_accumulation_steps": 1, "num_epochs": 1, "save_steps": 1},
-                     eval={"lengths": [256], "num_samples": 8})
+                     eval={"toy": {"lengths": [256], "num_samples": 8}})
         return config_to_dict(evolve_config(cfg, str(Path(__file__).parents[1] / "longpo/demo/base_model")))
 
     full = launch(values(tmp_path / "full"), tmp_path, "full")

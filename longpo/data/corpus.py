@@ -13,10 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import pyarrow.parquet as pq
+
+from longpo.errors import InputError
+
 TEXT_SUFFIXES = (".txt", ".md", ".tex", ".rst", ".py", ".c", ".cpp", ".h", ".java", ".js", ".ts", ".go", ".rs")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus that cannot be read; the message names the file and line."""
 
 
@@ -60,8 +65,6 @@ def _jsonl(path: Path, text_field: str, id_field: str | None) -> Iterator[Docume
 
 
 def _parquet(path: Path, text_field: str, id_field: str | None) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
@@ -74,8 +77,6 @@ def _parquet(path: Path, text_field: str, id_field: str | None) -> Iterator[Docu
 
 
 def _saved_dataset(path: Path, text_field: str, id_field: str | None) -> Iterator[Document]:
-    import datasets
-
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else ds[next(iter(ds))]

@@ -4,7 +4,7 @@
     longpo generate --config configs/generate_mistral-7b-128k.yaml --num-shards 8 --shard-index 3
     longpo generate merge --inputs runs/gen/part0 runs/gen/part1 --output runs/gen/all
 
-Per document (METHOD.md, "Data generation"): chunk it; for up to `num_turns` chunks ask the model
+Per document (the method: README, "longpo generate"): chunk it; for up to `num_turns` chunks ask the model
 for `num_questions` questions about the chunk and keep one (prefixed to point back at the text);
 chosen = the model's answer given the chunk only; rejected = its answer given the whole document
 (turn i after the earlier turns of its own branch); filter; add the original model's reference
@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longpo.backends.base import Sampling
 from longpo.config import help_field
-from longpo.data.backends.base import Sampling
 from longpo.data.filters import DROP_REASONS, FilterConfig, chosen_drop_reason, drop_reason
 from longpo.data.prompts import QUESTION_PREFIX, QUESTION_TEMPLATE
+from longpo.errors import InputError
+from longpo.models import check_local
 
 log = logging.getLogger("longpo.generate")
 
@@ -324,7 +326,7 @@ def _groups(cfg: Config, skipped: dict):
 
 
 def _make_backends(cfg: Config) -> tuple[Any, Any]:
-    from longpo.data.backends import make_backend
+    from longpo.backends import make_backend
 
     rope = {k: v for k, v in (("rope_theta", cfg.rope_theta), ("max_position_embeddings",
                                                                  cfg.max_position_embeddings)) if v is not None}
@@ -350,6 +352,8 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     from longpo.data.corpus import CorpusError, iter_documents
     from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
+    if backend is None and cfg.backend != "openai":
+        check_local(cfg.model)  # before anything is read or written
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out)
     manifest_path = out / "manifest.json"
@@ -403,7 +407,7 @@ def _load_manifest(path: Path, cfg: Config) -> dict:
         return fresh
     manifest = json.loads(path.read_text())
     if (manifest["num_shards"], manifest["shard_index"]) != (cfg.num_shards, cfg.shard_index):
-        raise ValueError(f"{path} belongs to shard {manifest['shard_index']} of {manifest['num_shards']}, not "
+        raise InputError(f"{path} belongs to shard {manifest['shard_index']} of {manifest['num_shards']}, not "
                          f"{cfg.shard_index} of {cfg.num_shards}: use another output_dir")
     return manifest
 
@@ -419,7 +423,7 @@ def merge(inputs: list[str], output: str) -> dict:
     for folder in inputs:
         folder_path = Path(folder)
         if not (folder_path / "manifest.json").exists():
-            raise FileNotFoundError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
+            raise InputError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
         for rec in read_records(folder_path) if any(folder_path.glob("*.jsonl")) else []:
             if rec["id"] not in seen:
                 seen.add(rec["id"])
@@ -442,29 +446,3 @@ def main(cfg: Config) -> int:
     print(summary(stats))
     print(f"-> {cfg.output_dir}")
     return 0
-
-
-def cli(argv: list[str]) -> int:
-    """`longpo generate ...` or `longpo generate merge --inputs A B ... --output C`."""
-    from longpo.cli import split_args
-    from longpo.config import ConfigError, config_help, load_config
-
-    if argv and argv[0] == "merge":
-        import argparse
-
-        ap = argparse.ArgumentParser(prog="longpo generate merge")
-        ap.add_argument("--inputs", nargs="+", required=True, help="output folders of the shard jobs")
-        ap.add_argument("--output", required=True, help="folder of the merged records")
-        args = ap.parse_args(argv[1:])
-        print(summary(merge_stats(new_stats(), merge(args.inputs, args.output))))
-        return 0
-    config, overrides, wants_help = split_args(argv)
-    if wants_help:
-        print(f"{__doc__}\nconfig keys:\n" + "\n".join(config_help(Config)))
-        return 0
-    try:
-        cfg = load_config(Config, config, overrides)
-    except (ConfigError, ValueError) as e:
-        print(f"longpo generate: {e}", file=sys.stderr)
-        return 2
-    return main(cfg)

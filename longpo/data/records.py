@@ -2,7 +2,6 @@
 
 One record per JSON line (or Parquet row); `longpo generate` writes them, `longpo reference`
 fills the reference fields, `longpo train` reads them:
-
     {
       "id": "doc-00017",                 # stable, unique; used for dedup and error messages
       "document": "<the long context C_L>",
@@ -32,11 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from longpo.errors import InputError
+from longpo.files import read_jsonl
+
 REQUIRED_TURN_FIELDS = ("question", "chunk", "chosen", "rejected")
 REF_FIELDS = ("ref_chosen_logp", "ref_rejected_logp")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record that cannot be used; the message names the file, record and field."""
 
 
@@ -97,8 +101,6 @@ def has_reference(record: dict) -> bool:
 
 def read_records(path: str | Path, require_reference: bool = False) -> list[dict]:
     """Read and validate records from a JSONL or Parquet file (or a folder of them) with `datasets`."""
-    import datasets
-
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
@@ -126,8 +128,6 @@ def read_records(path: str | Path, require_reference: bool = False) -> list[dict
 
 def _check_json_lines(file: Path) -> None:
     """Name the exact line of a JSON error before `datasets` reports it without one."""
-    from longpo.files import read_jsonl
-
     for _ in read_jsonl(file):
         pass
 
@@ -169,10 +169,6 @@ class TokenizedPair:
     rejected_mask: list[bool]
     ref_chosen_logp: float | None = None
     ref_rejected_logp: float | None = None
-
-    @property
-    def packed_length(self) -> int:
-        return len(self.prefix) + len(self.chosen) + len(self.rejected)
 
 
 def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longpo.config import help_field
+from tqdm import tqdm
+
+from longpo.backends import make_backend
+from longpo.config import help_field, write_resolved_config
+from longpo.data.records import read_records, tokenize_short
+from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl
+from longpo.models import check_local
 
 
 @dataclass(kw_only=True)
@@ -50,8 +56,6 @@ class Config:
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
                        ) -> tuple[list[tuple[int, int, str]], list[list[int]], list[list[bool]]]:
     """(record, turn, field) slots to fill and their short sequences / response masks."""
-    from longpo.data.records import tokenize_short
-
     slots, sequences, masks = [], [], []
     for r, record in enumerate(records):
         for t, turn in enumerate(record["turns"]):
@@ -77,8 +81,6 @@ def add_reference_logps(backend: Any, tokenizer: Any, records: list[dict], overw
 
 def _completed_rows(partial: Path) -> list[dict]:
     """Complete rows of an interrupted run; a torn last line is dropped and the file rewritten."""
-    from longpo.files import atomic_write_jsonl, read_jsonl
-
     if not partial.exists():
         return []
     rows = list(read_jsonl(partial, tolerate_torn_tail=True))
@@ -88,13 +90,8 @@ def _completed_rows(partial: Path) -> list[dict]:
 
 def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
-    from tqdm import tqdm
-
-    from longpo.config import write_resolved_config
-    from longpo.data.backends import make_backend
-    from longpo.data.records import read_records
-    from longpo.files import append_jsonl
-
+    if backend_factory is None and cfg.backend != "openai":
+        check_local(cfg.model)  # before reading anything
     records = read_records(cfg.input)
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")

@@ -9,12 +9,12 @@ import argparse
 import random
 from pathlib import Path
 
+from longpo.files import atomic_write_jsonl
+from longpo.toy.world import make_long_doc
+
 
 def write_corpus(path: str | Path, documents: int, length: int, seed: int) -> Path:
     """`documents` long documents of at most `length` tokens; an existing file is kept (same seed, same file)."""
-    from longpo.demo.world import make_long_doc
-    from longpo.files import atomic_write_jsonl
-
     path = Path(path)
     if not path.exists():
         rng = random.Random(f"corpus:{seed}:{length}")

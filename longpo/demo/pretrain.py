@@ -21,7 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from longpo.demo.world import (
+import torch
+
+from longpo.data.records import tokenize_conversation
+from longpo.files import atomic_write_json
+from longpo.toy.tiny import build_tiny_model
+from longpo.toy.world import (
     MAX_QUESTIONS,
     SHORT_FILLER,
     VALUES,
@@ -70,10 +75,6 @@ def sample_example(rng: random.Random, cfg: PretrainConfig) -> list[dict]:
 
 def batch_tensors(tok: Any, conversations: list[list[dict]]) -> tuple[Any, Any, Any]:
     """Right-padded ids, attention mask and labels (-100 outside assistant tokens)."""
-    import torch
-
-    from longpo.data.records import tokenize_conversation
-
     encoded = [tokenize_conversation(tok, m) for m in conversations]
     width = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), width), tok.pad_token_id)
@@ -88,8 +89,6 @@ def batch_tensors(tok: Any, conversations: list[list[dict]]) -> tuple[Any, Any, 
 
 def exact_match(model: Any, tok: Any, docs: list, rng: random.Random, batch: int = 32) -> float:
     """Share of single questions whose whole answer is right under teacher-forced argmax (= greedy)."""
-    import torch
-
     correct = 0
     with torch.no_grad():
         for start in range(0, len(docs), batch):
@@ -102,11 +101,6 @@ def exact_match(model: Any, tok: Any, docs: list, rng: random.Random, batch: int
 
 
 def train(cfg: PretrainConfig, out: str | Path, log: Any = print) -> dict:
-    import torch
-
-    from longpo.files import atomic_write_json
-    from longpo.tiny import build_tiny_model
-
     torch.set_num_threads(cfg.threads)
     tok = build_tokenizer()
     model = build_tiny_model("llama", seed=cfg.seed, vocab_size=len(tok), hidden_size=cfg.hidden,

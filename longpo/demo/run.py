@@ -29,7 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longpo.config import help_field
+import torch
+
+from longpo import evolve
+from longpo.config import build_config, help_field, merge_dicts, write_resolved_config
+from longpo.demo.corpus import write_corpus
+from longpo.demo.pretrain import PretrainConfig, train
+from longpo.errors import InputError
+from longpo.eval import run as eval_run
+from longpo.evolve import run_once
+from longpo.files import atomic_write_json, atomic_write_text
+from longpo.toy.world import ASK_TEMPLATE
+from longpo.train import trainer
 
 SHIPPED = Path(__file__).parent / "base_model"
 BASELINES = ("sft", "dpo")
@@ -37,8 +48,6 @@ BASELINES = ("sft", "dpo")
 
 def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
     """`longpo generate` keys for toy documents of at most `length` tokens."""
-    from longpo.demo.world import ASK_TEMPLATE
-
     return {"corpus": corpus, "backend": "hf", "backend_args": {"dtype": "float32", "device": "cpu"},
             "min_doc_tokens": length // 2, "max_doc_tokens": length, "min_chunk_tokens": 40,
             "max_chunk_tokens": 96, "num_questions": 2, "num_turns": 2, "question_template": ASK_TEMPLATE,
@@ -51,7 +60,11 @@ TRAIN_KEYS = {"max_position_embeddings": 4096, "pairs_per_micro_batch": 4, "grad
               "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 1.0, "nll_mode": "responses",
               "optimizer": "adamw", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
               "max_grad_norm": 1.0, "save_steps": 10, "progress_bar": False}
-EVAL_KEYS = {"lengths": [256, 512, 1024], "num_samples": 300, "seed": 1234}
+# `longpo eval` keys: the toy fact lookup only, on CPU.
+EVAL_KEYS = {"ruler": {"enabled": False}, "infinitebench": {"enabled": False},
+             "toy": {"enabled": True, "lengths": [256, 512, 1024], "num_samples": 300, "seed": 1234},
+             "backend_args": {"dtype": "float32", "device": "cpu", "batch_size": 16}, "batch_size": 16,
+             "progress": False}
 
 
 @dataclass(kw_only=True)
@@ -67,7 +80,7 @@ class Config:
                                   "self-evolution iterations: {name, length (document tokens), rope_theta}")
     generate: dict = help_field({}, "`longpo generate` keys over the toy ones (see toy_generate_keys)")
     train: dict = help_field({}, "`longpo train` keys of every run (LongPO and the baselines), over TRAIN_KEYS")
-    eval: dict = help_field({}, "toy evaluation keys (longpo.demo.eval.Config), over EVAL_KEYS")
+    eval: dict = help_field({}, "`longpo eval` keys over EVAL_KEYS (e.g. eval.toy.num_samples=100)")
     baselines: list = help_field(list(BASELINES), f"baselines trained on the first iteration's pairs: {BASELINES}")
 
     def __post_init__(self) -> None:
@@ -82,15 +95,11 @@ class Config:
         if self.documents < 1:
             raise ValueError(f"documents={self.documents} must be at least 1")
         # A key given (train.lam=1.0) changes that key only; the rest of the recipe stays.
-        self.train = {**TRAIN_KEYS, **self.train}
-        self.eval = {**EVAL_KEYS, **self.eval}
+        self.train = merge_dicts(TRAIN_KEYS, self.train)
+        self.eval = merge_dicts(EVAL_KEYS, self.eval)
 
 
 def evolve_config(cfg: Config, base: str) -> Any:
-    from longpo import evolve
-    from longpo.config import build_config
-    from longpo.demo.corpus import write_corpus
-
     out = Path(cfg.output_dir)
     iterations = []
     for it in cfg.iterations:
@@ -104,16 +113,11 @@ def evolve_config(cfg: Config, base: str) -> Any:
             "eval": dict(cfg.eval),
         })
     return build_config(evolve.Config, {"base_model": base, "output_dir": str(out), "eval_base": True,
-                                        "eval_stage": "toy", "iterations": iterations}, "demo.evolve")
+                                        "iterations": iterations}, "demo.evolve")
 
 
 def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:
     """SFT and DPO from the base model on the first iteration's pairs, same keys as LongPO's run."""
-    from longpo.config import build_config
-    from longpo.demo import eval as toy_eval
-    from longpo.evolve import run_once
-    from longpo.train import trainer
-
     first = ecfg.iterations[0]
     pairs = Path(cfg.output_dir) / first.name / "pairs.jsonl"
     rows = []
@@ -125,10 +129,10 @@ def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:
         print(f"longpo demo: baseline {loss}: train", flush=True)
         run_once(folder / "train.done", trainer.main, tcfg)
         final = str(folder / "train" / "final")
-        ev = build_config(toy_eval.Config, {**first.eval, "model": final, "out_dir": str(folder / "eval")},
+        ev = build_config(eval_run.Config, {**first.eval, "model": final, "out_dir": str(folder / "eval")},
                           f"baselines.{loss}.eval")
         print(f"longpo demo: baseline {loss}: eval", flush=True)
-        run_once(folder / "eval.done", toy_eval.main, ev)
+        run_once(folder / "eval.done", eval_run.main, ev)
         rows.append({"model": loss, "path": final, "eval": str(folder / "eval")})
     return rows
 
@@ -140,15 +144,13 @@ def label(row: dict, first: str) -> str:
 
 def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
     """report/: the table (Markdown and JSON), the plot, resolved configs, metrics and generation stats."""
-    from longpo.files import atomic_write_json, atomic_write_text
-
     out = Path(cfg.output_dir)
     report = out / "report"
     table = []
     for row in rows:
         summary = json.loads((Path(row["eval"]) / "summary.json").read_text())
         table.append({"model": label(row, first), "run": row["model"], "path": row["path"],
-                      "accuracy": summary["accuracy"]})
+                      "accuracy": summary["toy"]})
     order = {"base": 0, "SFT": 1, "DPO": 2, "LongPO": 3}
     table.sort(key=lambda r: order.get(r["model"], 4))
     columns = [k for k in table[0]["accuracy"] if k != "short"] + ["short"]
@@ -207,27 +209,20 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
 
 def demo(cfg: Config) -> dict:
     """Run (or resume) the whole demo; returns the report."""
-    import torch
-
-    from longpo.config import write_resolved_config
-    from longpo.evolve import evolve, run_once
-
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out, name="demo_config.yaml")
     start = time.perf_counter()
     base = cfg.base_model or str(SHIPPED)
     if cfg.pretrain:
-        from longpo.demo.pretrain import PretrainConfig, train
-
         base = str(out / "base_model")
         run_once(out / "pretrain.done", lambda c: train(c, base) and None, PretrainConfig(seed=cfg.seed,
                                                                                         threads=cfg.threads))
     if not (Path(base) / "model.safetensors").exists():
-        raise FileNotFoundError(f"base model {base}: no model.safetensors (train one with "
-                                "`python -m longpo.demo.pretrain --out {base}` or set pretrain=true)")
+        raise InputError(f"base model {base}: no model.safetensors (train one with "
+                         f"`python -m longpo.demo.pretrain --out {base}` or set pretrain=true)")
     ecfg = evolve_config(cfg, base)
-    rows = evolve(ecfg)
+    rows = evolve.evolve(ecfg)
     rows += run_baselines(cfg, ecfg)
     report = write_report(cfg, rows, ecfg.iterations[0].name)
     print(f"longpo demo: {time.perf_counter() - start:.0f} s", flush=True)

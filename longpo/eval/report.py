@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
+from longpo.errors import InputError
+from longpo.eval.tasks.toy import length_label as toy_label
 from longpo.files import atomic_write_json, atomic_write_text
 
 RULER_GROUPS = {
@@ -62,6 +65,9 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
         summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values()))}
     if short:
         summary["short"] = {**short, "avg": _mean(list(short.values()))}
+    toy = {toy_label(r["length"]): r["score"] for r in results if r.get("suite") == "toy"}
+    if toy:
+        summary["toy"] = toy
     depth = [r for r in results if r.get("suite") == "ruler" and "depth" in r]
     if depth:
         summary["niah_depth"] = depth_grid(depth)
@@ -112,6 +118,8 @@ def to_markdown(summary: dict, title: str = "") -> str:
         keys = [k for k in sh if k != "avg"]
         parts += ["## Short context", _md_table([SHORT_LABELS.get(k, k) for k in keys] + ["Avg"],
                                                 [[_fmt(sh[k]) for k in keys] + [_fmt(sh["avg"])]])]
+    if "toy" in summary:
+        parts += ["## Toy fact lookup", _md_table(list(summary["toy"]), [[_fmt(v) for v in summary["toy"].values()]])]
     if summary.get("skipped"):
         parts += ["## Skipped", "\n".join(f"- {s['task']}: {s['reason']}" for s in summary["skipped"])]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -160,6 +168,8 @@ def headline(summary: dict) -> dict[str, float | None]:
         flat["InfiniteBench avg"] = summary["infinitebench"]["avg"]
     for key, value in summary.get("short", {}).items():
         flat[f"short {SHORT_LABELS.get(key, key)}"] = value
+    for key, value in summary.get("toy", {}).items():
+        flat[f"fact QA {key}"] = value
     return flat
 
 
@@ -175,3 +185,12 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
         delta = f"{vb - va:+8.1f}" if va is not None and vb is not None else f"{'-':>8}"
         lines.append(f"{label:<{width}}  {_fmt(va):>{col}}  {_fmt(vb):>{col}}  {delta}")
     return "\n".join(lines)
+
+
+def load_summary(path: str) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.is_file():
+        raise InputError(f"{path}: no summary.json (is it the out_dir of a finished `longpo eval`?)")
+    return json.loads(p.read_text(encoding="utf-8"))

@@ -10,15 +10,25 @@ on, `short/<task>.json` (raw lm-eval results) and `resolved_config.yaml`.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longpo import backends
+from longpo.backends.base import Sampling
 from longpo.config import help_field, write_resolved_config
+from longpo.errors import InputError
+from longpo.eval.fitting import PromptFormat, PromptTooLong
 from longpo.eval.haystack import DataMissing
+from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
+from longpo.eval.runner import evaluate
+from longpo.eval.tasks.infinitebench import DEFAULT_FILES, TASKS, InfiniteBenchTask
+from longpo.eval.tasks.ruler import RulerData, RulerTask
+from longpo.eval.tasks.toy import SHORT, FactQA
+from longpo.models import check_local, max_positions
+from longpo.models import load_tokenizer as load_local_tokenizer
 
 RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
                "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2"]
@@ -67,8 +77,6 @@ class InfiniteBenchConfig:
     rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum")
 
     def __post_init__(self) -> None:
-        from longpo.eval.tasks.infinitebench import TASKS
-
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"infinitebench.tasks: unknown {unknown}; choose from {TASKS}")
@@ -88,6 +96,22 @@ class ShortConfig:
 
 
 @dataclass(kw_only=True)
+class ToyConfig:
+    enabled: bool = help_field(False, "run the toy world's fact lookup (the built-in demo's evaluation)")
+    lengths: list[int] = help_field([256, 512, 1024], "document lengths in tokens")
+    short: bool = help_field(True, "also the short task (documents of the toy base model's training distribution)")
+    num_samples: int = help_field(100, "questions per length")
+    seed: int = help_field(1234, "seed of the documents and questions")
+
+    def __post_init__(self) -> None:
+        self.lengths = [int(n) for n in self.lengths]
+        if any(n < 32 for n in self.lengths):
+            raise ValueError(f"toy.lengths must be >= 32 tokens, got {self.lengths}")
+        if self.num_samples < 1:
+            raise ValueError(f"toy.num_samples={self.num_samples} must be at least 1")
+
+
+@dataclass(kw_only=True)
 class Config:
     model: str = help_field(help="checkpoint folder (for backend=openai: the served model name)")
     tokenizer: str | None = help_field(None, "tokenizer folder (default: the model's)")
@@ -104,6 +128,7 @@ class Config:
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
+    toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -115,24 +140,13 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 
 
-def model_max_positions(model_path: str) -> int | None:
-    """`max_position_embeddings` of a local checkpoint (None when it is not stated)."""
-    config = Path(model_path) / "config.json"
-    if not config.is_file():
-        return None
-    data = json.loads(config.read_text(encoding="utf-8"))
-    data = data.get("text_config", data)
-    return data.get("max_position_embeddings")
-
-
 def check_inputs(cfg: Config) -> None:
     """Fail before loading anything when the checkpoint or the target lengths are wrong."""
-    if cfg.backend != "openai" and not Path(cfg.model).exists():
-        raise FileNotFoundError(f"model: checkpoint {cfg.model} does not exist (longpo eval runs offline; "
-                                "give a local folder)")
+    if cfg.backend != "openai":
+        check_local(cfg.model)
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
-        raise FileNotFoundError(f"tokenizer: {cfg.tokenizer} does not exist")
-    limit = None if cfg.backend == "openai" else model_max_positions(cfg.model)
+        raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
+    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
     if limit is None or cfg.allow_beyond_max_positions:
         return
     wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
@@ -140,35 +154,27 @@ def check_inputs(cfg: Config) -> None:
         wanted[f"infinitebench.max_length={cfg.infinitebench.max_length}"] = cfg.infinitebench.max_length
     too_long = [k for k, n in wanted.items() if n > limit]
     if too_long:
-        raise ValueError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
+        raise InputError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
                          "(max_position_embeddings); lower them, or set allow_beyond_max_positions=true "
                          "if the model extrapolates")
 
 
-def load_tokenizer(cfg: Config) -> Any:
+def eval_tokenizer(cfg: Config) -> Any:
     """The evaluated model's tokenizer, from a local folder: prompts are fitted with it before any model loads."""
-    from transformers import AutoTokenizer
-
     path = cfg.tokenizer or cfg.model
     if cfg.backend == "openai" and not cfg.tokenizer:
-        raise ValueError("backend=openai: set tokenizer= to a local copy of the served model's tokenizer "
+        raise InputError("backend=openai: set tokenizer= to a local copy of the served model's tokenizer "
                          "(prompts are fitted to the target lengths with it)")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return load_local_tokenizer(path)
 
 
 def make_backend(cfg: Config) -> Any:
     """The generation backend by name, from the lookup the generation stage uses."""
-    from longpo.data import backends
-
     return backends.make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
 
 
 def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
     """(main tasks, depth-sweep tasks, skipped) - a task whose data or length does not work is skipped with its reason."""
-    from longpo.eval.fitting import PromptTooLong
-    from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
-    from longpo.eval.tasks.ruler import RulerData, RulerTask
-
     tasks, sweep, skipped = [], [], []
 
     def add(into: list, name: str, make) -> None:
@@ -204,22 +210,21 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
             add(tasks, f"infinitebench/{name}",
                 lambda name=name, path=path: InfiniteBenchTask(
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer))
+    t = cfg.toy
+    if t.enabled:
+        for length in ([SHORT] if t.short else []) + t.lengths:
+            tasks.append(FactQA(fmt.tokenizer, length, t.num_samples, t.seed))
     return tasks, sweep, skipped
 
 
 def main(cfg: Config) -> int:
-    from longpo.data.backends.base import Sampling
-    from longpo.eval.fitting import PromptFormat
-    from longpo.eval.plots import plot_niah_heatmap
-    from longpo.eval.runner import evaluate
-
     check_inputs(cfg)
     out = Path(cfg.out_dir)
     write_resolved_config(cfg, out)
     results: list[dict] = []
     skipped: list[dict] = []
-    if cfg.ruler.enabled or cfg.infinitebench.enabled:
-        fmt = PromptFormat(load_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
+    if cfg.ruler.enabled or cfg.infinitebench.enabled or cfg.toy.enabled:
+        fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
         tasks, sweep, skipped = build_tasks(cfg, fmt)
         for s in skipped:
             print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
@@ -244,43 +249,3 @@ def main(cfg: Config) -> int:
         plot_niah_heatmap(summary["niah_depth"], out / "niah_depth.png")
     print(paths["md"].read_text(encoding="utf-8"))
     return 0
-
-
-def load_summary(path: str) -> dict:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "summary.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: no summary.json (is it the out_dir of a finished `longpo eval`?)")
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
-def cli(argv: list[str]) -> int:
-    """`longpo eval [--config F] [k=v ...]`, or `longpo eval compare A B` (run folders or summary.json)."""
-    from longpo.cli import split_args
-    from longpo.config import ConfigError, config_help, load_config
-    from longpo.eval.report import compare
-
-    if argv and argv[0] == "compare":
-        args = argv[1:]
-        if len(args) != 2 or any(a.startswith("-") for a in args):
-            print("usage: longpo eval compare RUN_A RUN_B   (out_dirs of two `longpo eval` runs)", file=sys.stderr)
-            return 2
-        try:
-            a, b = load_summary(args[0]), load_summary(args[1])
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            print(f"longpo eval compare: {e}", file=sys.stderr)
-            return 2
-        print(compare(a, b, Path(args[0]).name or args[0], Path(args[1]).name or args[1]))
-        return 0
-    config, overrides, wants_help = split_args(argv)
-    if wants_help:
-        print(f"{__doc__}\nconfig keys:")
-        print("\n".join(config_help(Config)))
-        return 0
-    try:
-        cfg = load_config(Config, config, overrides)
-        return main(cfg)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"longpo eval: {e}", file=sys.stderr)
-        return 2

@@ -115,11 +115,11 @@ def evaluate(backend: Any, tasks: Iterable[Any], out_dir: str | os.PathLike, sam
              batch_size: int = 8, progress: bool = True) -> list[dict]:
     """Run every task (resuming saved predictions) and return one summary dict per task.
 
-    `sampling` is a `longpo.data.backends.base.Sampling` (greedy when None); its `max_new_tokens` is
+    `sampling` is a `longpo.backends.base.Sampling` (greedy when None); its `max_new_tokens` is
     replaced by each task's own generation length.
     """
     if sampling is None:
-        from longpo.data.backends.base import Sampling
+        from longpo.backends.base import Sampling
 
         sampling = Sampling(temperature=0.0)
     if batch_size < 1:

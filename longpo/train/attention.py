@@ -17,6 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from longpo.train.packing import SharedPrefixLayout
 
@@ -34,8 +38,6 @@ def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def _sdpa_spans(q, k, v, layout: SharedPrefixLayout, scaling: float | None) -> torch.Tensor:
-    from torch.nn.attention.bias import causal_lower_right
-
     n_rep = q.shape[1] // k.shape[1]
     # CPU SDPA handles grouped-query heads itself; CUDA's lower-right kernels want equal head counts.
     gqa_native = q.device.type == "cpu"
@@ -62,8 +64,6 @@ def _sdpa_spans(q, k, v, layout: SharedPrefixLayout, scaling: float | None) -> t
 
 def build_block_mask(layout: SharedPrefixLayout, device: torch.device | str) -> Any:
     """FlexAttention block mask of a layout: same pair, causal, prefix or own branch."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     pair, branch = layout.token_ids(device)
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -83,8 +83,6 @@ _compiled_flex = None
 
 def _flex(q, k, v, block_mask, scaling: float | None) -> torch.Tensor:
     global _compiled_flex
-    from torch.nn.attention.flex_attention import flex_attention
-
     fn = flex_attention
     if q.device.type == "cuda":
         if _compiled_flex is None:
@@ -124,11 +122,10 @@ def shared_prefix_attention(
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _make_hf_attention(backend: str):
+def make_hf_attention(backend: str):
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         layout = kwargs.get(LAYOUT_KWARG)
         if layout is None:  # plain use of the model (generation, evaluation): ordinary causal SDPA
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                           dropout=dropout, **kwargs)
@@ -145,12 +142,10 @@ def attention_name(backend: str) -> str:
 
 def register_shared_prefix_attention(backend: str = "sdpa", name: str | None = None, fn: Any = None) -> str:
     """Register the attention function under `longpo_<backend>` (or `name`) and return the name."""
-    from transformers import AttentionInterface
-
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     name = name or attention_name(backend)
-    AttentionInterface.register(name, fn or _make_hf_attention(backend))
+    AttentionInterface.register(name, fn or make_hf_attention(backend))
     return name
 
 

@@ -1,8 +1,7 @@
-"""Per-token log-probs without full-vocabulary logits, and the pair statistics the loss needs.
+"""The policy forward over packed pairs, and the pair statistics the loss needs.
 
-`chunked_target_logps` runs the lm_head and log-softmax over `chunk_size` positions at a time,
-each chunk under activation checkpointing: the forward keeps no logits, the backward recomputes
-one chunk's logits at a time. Peak memory is one chunk x vocabulary, whatever the sequence length.
+Log-probs come from `longpo.models.chunked_target_logps` (lm_head and log-softmax a chunk of
+positions at a time, no full-vocabulary logits), the kernel the backends' scoring uses too.
 
 `forward_pairs` is the fast path (shared-prefix packing); `forward_pairs_plain` the plain one
 (two full sequences per pair, full logits) that every parity test and benchmark compares with.
@@ -14,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from longpo.data.records import TokenizedPair
+from longpo.models import chunked_target_logps, upcast_logits
 from longpo.train.attention import BLOCK_MASK_KWARG, LAYOUT_KWARG, build_block_mask
 from longpo.train.loss import NLL_MODES, PairLogps
 from longpo.train.packing import LogpTargets, PackedBatch
@@ -27,42 +26,6 @@ class ForwardOutput:
     policy: PairLogps  # (P,) summed response log-probs on the long sequences
     nll_sum: torch.Tensor  # scalar: -sum of log-probs over NLL tokens
     nll_tokens: int
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits to float32 for the log-softmax; float64 stays float64 (parity tests)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = _upcast(lm_head(hidden))  # (n, V), one chunk only
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def auto_chunk_size(vocab_size: int) -> int:
-    """Positions per chunk so that one chunk's float32 logits stay near 64 MB (16M entries)."""
-    return max(64, (1 << 24) // max(vocab_size, 1))
-
-
-def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                         chunk_size: int | None = None) -> torch.Tensor:
-    """log softmax(lm_head(hidden))[targets] for (N, D) hidden states, in chunks; (N,) float32 or wider.
-
-    `chunk_size=None` picks `auto_chunk_size` of the head's vocabulary.
-    """
-    chunk_size = chunk_size or auto_chunk_size(lm_head.out_features)  # not .weight: ZeRO-3 partitions it
-    assert hidden.shape[0] == targets.shape[0], f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets"
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
-    outs = []
-    # No targets (a sequence-parallel shard can hold none) still runs lm_head once, on no rows: every
-    # rank then calls it, DDP sees its gradient (zero) and ZeRO-3's gathers stay in step.
-    for start in range(0, max(hidden.shape[0], 1), chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if needs_grad:
-            outs.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
-        else:
-            outs.append(_chunk_logps(lm_head, h, t))
-    return torch.cat(outs)
 
 
 def pair_stats(logps: torch.Tensor, targets: LogpTargets, num_pairs: int) -> ForwardOutput:
@@ -97,7 +60,7 @@ def forward_pairs(model: Any, batch: PackedBatch, chunk_size: int | None = None,
 def _sequence_logps(model: Any, ids: list[int]) -> torch.Tensor:
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
-    logits = _upcast(model(input_ids=input_ids, use_cache=False).logits[0, :-1])  # (T-1, V), all of it
+    logits = upcast_logits(model(input_ids=input_ids, use_cache=False).logits[0, :-1])  # (T-1, V), all of it
     return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[0, 1:, None]).squeeze(-1)
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from longpo.files import append_jsonl
+from longpo.train.parallel import Mesh, reduce_sum
 
 
 @dataclass
@@ -43,16 +46,12 @@ class StepSums:
             self.rejected_rewards += float(pref.rejected_rewards.sum())
             self.correct += float((pref.chosen_rewards > pref.rejected_rewards).sum())
 
-    def reduce(self, accelerator: Any) -> StepSums:
-        """Sum over data-parallel ranks (one all-reduce)."""
-        import torch
-
-        if accelerator.num_processes == 1:
+    def reduce(self, mesh: Mesh, device: Any) -> StepSums:
+        """Sum over data-parallel ranks (one all-reduce; `parallel.reduce_sum`)."""
+        if mesh.dp_size == 1:
             return self
-        values = torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64,
-                              device=accelerator.device)
-        values = accelerator.reduce(values, reduction="sum")
-        return StepSums(*values.tolist())
+        values = torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64, device=device)
+        return StepSums(*reduce_sum(values, mesh).tolist())
 
     def metrics(self, preference: bool) -> dict:
         """Step means; the reward metrics only when the loss has a preference term."""

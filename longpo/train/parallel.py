@@ -36,15 +36,18 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from longpo.train.attention import (
     BACKENDS,
+    BLOCK_MASK_KWARG,
     LAYOUT_KWARG,
+    make_hf_attention,
     register_shared_prefix_attention,
     set_attention,
     shared_prefix_attention,
 )
-from longpo.train.logps import ForwardOutput
+from longpo.train.logps import ForwardOutput, forward_pairs
 from longpo.train.loss import PairLogps
 from longpo.train.packing import LogpTargets, PackedBatch
 
@@ -71,8 +74,6 @@ class Mesh:
 
 def init_mesh(sp_size: int = 1) -> Mesh:
     """Build the DP x SP mesh over the default process group (one process: a 1 x 1 mesh)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         if sp_size != 1:
             raise ValueError(f"sp_size={sp_size} needs torch.distributed; launch with torchrun or accelerate")
@@ -96,15 +97,15 @@ def init_mesh(sp_size: int = 1) -> Mesh:
                 sp_group=sp_group if sp_size > 1 else None, dp_group=dp_group if dp_size > 1 else None)
 
 
-def all_reduce_dp(values: torch.Tensor, mesh: Mesh) -> torch.Tensor:
-    """Sum per-sample values (counts, metric sums) over the DP group: the ranks of an SP group share
-    a sample, so a sum over the world would count it sp_size times."""
-    if mesh.dp_size == 1:
+def reduce_sum(values: torch.Tensor, mesh: Mesh, over: str = "dp") -> torch.Tensor:
+    """The one reduction rule of training: sum `values` over the data-parallel group ("dp": per-sample
+    counts and metric sums, which the ranks of one SP group share, so a sum over the world would count
+    each sample sp_size times) or over every rank ("world": flags every rank must act on together)."""
+    assert over in ("dp", "world"), f"over={over!r}: 'dp' or 'world'"
+    if (mesh.dp_size if over == "dp" else mesh.world_size) == 1:
         return values
-    import torch.distributed as dist
-
     values = values.clone()
-    dist.all_reduce(values, group=mesh.dp_group)
+    dist.all_reduce(values, group=mesh.dp_group if over == "dp" else None)
     return values
 
 
@@ -153,8 +154,6 @@ class _SumOverGroup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
-        import torch.distributed as dist
-
         y = x.detach().clone()
         dist.all_reduce(y, group=group)
         return y
@@ -176,8 +175,6 @@ def gather_stats(local: ForwardOutput, mesh: Mesh, num_nll_tokens: int | None = 
     flat = torch.cat([local.policy.chosen, local.policy.rejected, local.nll_sum.reshape(1)])  # (2P + 1,)
     total = _SumOverGroup.apply(flat, mesh.sp_group)
     if num_nll_tokens is None:
-        import torch.distributed as dist
-
         count = torch.tensor([local.nll_tokens], dtype=torch.long, device=flat.device)
         dist.all_reduce(count, group=mesh.sp_group)
         num_nll_tokens = int(count.item())
@@ -188,23 +185,11 @@ def gather_stats(local: ForwardOutput, mesh: Mesh, num_nll_tokens: int | None = 
 def forward_pairs_parallel(model: Any, batch: PackedBatch, mesh: Mesh, chunk_size: int | None = None,
                            attention_backend: str = "sdpa") -> ForwardOutput:
     """`forward_pairs` on this rank's shard, gathered over the SP group (the model must be `parallelize`d)."""
-    from longpo.train.logps import forward_pairs
-
     if mesh.sp_size == 1:
         return forward_pairs(model, batch, chunk_size, attention_backend)
     shard = shard_batch(batch, mesh)
     local = forward_pairs(model, shard, chunk_size, attention_backend)
     return gather_stats(local, mesh, shard.num_nll_tokens)
-
-
-def sequence_parallel_forward(mesh: Mesh):
-    """A drop-in for `forward_pairs(model, batch, chunk_size, attention_backend)` on this mesh."""
-
-    def forward(model: Any, batch: PackedBatch, chunk_size: int | None = None,
-                attention_backend: str = "sdpa") -> ForwardOutput:
-        return forward_pairs_parallel(model, batch, mesh, chunk_size, attention_backend)
-
-    return forward
 
 
 # ---------------------------------------------------------------- Ulysses attention
@@ -220,10 +205,6 @@ class HeadPlan:
     @property
     def q_counts(self) -> list[int]:
         return [b - a for a, b in self.q_ranges]
-
-    @property
-    def kv_counts(self) -> list[int]:
-        return [b - a for a, b in self.kv_ranges]
 
 
 @lru_cache(maxsize=64)
@@ -249,8 +230,6 @@ class _AllToAll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group: Any) -> torch.Tensor:
-        import torch.distributed as dist
-
         ctx.send, ctx.recv, ctx.group = send, recv, group
         x = x.contiguous()
         out = x.new_empty((sum(recv), *x.shape[1:]))
@@ -259,8 +238,6 @@ class _AllToAll(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        import torch.distributed as dist
-
         grad = grad.contiguous()
         out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
         dist.all_to_all_single(out, grad, output_split_sizes=ctx.send, input_split_sizes=ctx.recv, group=ctx.group)
@@ -290,8 +267,6 @@ def _heads_to_seq(o: torch.Tensor, q_counts: list[int], rank: int, group: Any) -
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, group: Any,
                       scaling: float | None = None, backend: str = "sdpa", block_mask: Any = None) -> torch.Tensor:
     """Shared-prefix attention of sequence-sharded q (B, H, T/sp, D), k/v (B, Hkv, T/sp, D); (B, T/sp, H, D)."""
-    import torch.distributed as dist
-
     sp, rank = dist.get_world_size(group), dist.get_rank(group)
     plan = plan_heads(q.shape[1], k.shape[1], sp)
     qa, qb = plan.q_ranges[rank]
@@ -311,9 +286,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
 
 
 def _make_hf_ulysses_attention(backend: str, group: Any):
-    from longpo.train.attention import BLOCK_MASK_KWARG, _make_hf_attention
-
-    plain = _make_hf_attention(backend)
+    plain = make_hf_attention(backend)
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         layout = kwargs.get(LAYOUT_KWARG)

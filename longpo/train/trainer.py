@@ -7,40 +7,63 @@
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
      rank, weight-0 fillers where a rank's share ran short);
-  2. reduce the step's NLL-token and pair counts over data-parallel ranks (`reduce_counts`);
+  2. sum the step's NLL-token and pair counts over data-parallel ranks;
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
-     `combine_loss(sums, GLOBAL counts)`, backward;
-  4. (before each backward) stop on a non-finite loss, on every rank together: BEFORE the optimizer
-     step, which DeepSpeed takes inside the last backward; then reduce the step's metric sums;
-  5. clip, optimizer step, scheduler step; log; checkpoint every `save_steps`.
+     `combine_loss(sums, GLOBAL counts)`, stop on a non-finite loss on every rank together (before
+     any backward: DeepSpeed steps inside the last one), backward;
+  4. sum the step's metrics over data-parallel ranks; clip, optimizer step, scheduler step; log;
+     checkpoint every `save_steps`.
 Because every micro-batch loss is already its share of the global step mean, the gradients add
 up to exactly the big-batch gradient. accelerate divides each backward by the accumulation steps
-and DDP / ZeRO / FSDP average over ranks; `backward_scale` undoes both.
-
-Parallelism comes from outside: `Trainer.forward_fn` (default `forward_pairs`) and
-`Trainer.reduce_counts` are the two seams a sequence-parallel wrapper replaces.
+and DDP / ZeRO / FSDP average over ranks; `backward_scale` undoes both. Launch plumbing lives in
+`launch.py`, sequence parallelism in `parallel.py`, model loading in `longpo.models`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from longpo.config import help_field
+from longpo.config import config_to_dict, help_field, write_resolved_config
+from longpo.data.records import read_records
+from longpo.models import DTYPES, check_local, load_model, load_tokenizer
+from longpo.toy.run import prepare_tiny_run, tiny_run_paths
+from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
+from longpo.train.checkpoint import (
+    export_model,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    truncate_metrics,
+)
+from longpo.train.data import (
+    epoch_order,
+    filler_pair,
+    micro_batches,
+    rank_share,
+    steps_per_epoch,
+    tokenize_share,
+)
+from longpo.train.launch import make_accelerator, plain_init, prepare_reference
+from longpo.train.logps import ForwardOutput
+from longpo.train.loss import LOSS_MODES, NLL_MODES, PairLogps, combine_loss, preference_losses
+from longpo.train.metrics import MetricsWriter, StepSums
+from longpo.train.packing import PackedBatch, batch_to
+from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
 
 logger = logging.getLogger("longpo.train")
 
 OPTIMIZERS = ("rmsprop", "adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
 TINY = "tiny"
@@ -97,9 +120,6 @@ class Config:
     progress_bar: bool = help_field(True, "tqdm bar with tokens/s and ETA")
 
     def __post_init__(self):
-        from longpo.train.attention import BACKENDS
-        from longpo.train.loss import LOSS_MODES, NLL_MODES
-
         choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
                    "dtype": tuple(DTYPES), "mixed_precision": MIXED_PRECISION,
                    "attention_backend": ("auto",) + BACKENDS}
@@ -135,16 +155,16 @@ class TrainingError(RuntimeError):
 
 
 class PairModel(torch.nn.Module):
-    """The one place the model runs on a packed batch: `forward_fn(model, batch, chunk, backend)`.
+    """The one place the model runs on a packed batch (sequence-parallel over `mesh` when sp_size > 1).
 
     accelerate prepares this wrapper, so DDP / ZeRO-3 / FSDP see a root `forward`; `config` and
     `_no_split_modules` are forwarded for DeepSpeed's "auto" sizes and FSDP's layer wrapping.
     """
 
-    def __init__(self, model: Any, forward_fn: Any, chunk_size: int | None, attention_backend: str):
+    def __init__(self, model: Any, mesh: Mesh, chunk_size: int | None, attention_backend: str):
         super().__init__()
         self.model = model
-        self.forward_fn = forward_fn
+        self.mesh = mesh
         self.chunk_size = chunk_size
         self.attention_backend = attention_backend
         self._no_split_modules = getattr(model, "_no_split_modules", None)
@@ -153,166 +173,24 @@ class PairModel(torch.nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, batch: Any) -> Any:
-        return self.forward_fn(self.model, batch, self.chunk_size, self.attention_backend)
-
-
-# --------------------------------------------------------------------------------------------
-# Setup: accelerator, tiny defaults, models, optimizer, schedule
-
-
-def requested_sharding() -> str | None:
-    """The sharding a launcher asked accelerate for through the environment (`accelerate launch` with a
-    DeepSpeed / FSDP config, or ACCELERATE_USE_* set by hand before torchrun): "DEEPSPEED", "FSDP" or None.
-    Read as accelerate 1.15 reads it."""
-    import os
-
-    for name in ("DEEPSPEED", "FSDP"):
-        if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true":
-            return name
-    return None
-
-
-def accelerator_kwargs() -> dict:
-    """Accelerator arguments that make a multi-process launch on a machine WITHOUT an accelerator device
-    what it asked for. accelerate 1.15 there picks no process-group backend unless ACCELERATE_USE_CPU is
-    set, and then every process reports num_processes=1 (the ranks would train apart and DeepSpeed would
-    average over a world the trainer does not count); with ACCELERATE_USE_CPU set it runs DDP and ignores
-    a DeepSpeed or FSDP request. So: DeepSpeed or FSDP asked -> gloo (DeepSpeed then runs on CPU; FSDP is
-    refused by `check_distributed`, accelerate enables it only on GPU-type devices); else -> cpu (DDP)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.accelerator.is_available():
-        return {}
-    if requested_sharding() is None:
-        return {"cpu": True}
-    from accelerate.utils import InitProcessGroupKwargs
-
-    return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
-
-
-def check_distributed(accelerator: Any) -> None:
-    """Refuse a launch where accelerate's view differs from the processes that run: a silent fallback
-    would train with the wrong gradient scale, unsynchronised ranks, or unsharded weights."""
-    import torch.distributed as dist
-    from accelerate.utils import DistributedType
-
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    kind = accelerator.distributed_type.value
-    if accelerator.num_processes != world:
-        raise RuntimeError(f"accelerate counts {accelerator.num_processes} process(es) ({kind}) but "
-                           f"torch.distributed has {world}: launch with torchrun or accelerate launch on a "
-                           f"supported device (on CPU: ACCELERATE_USE_CPU=true, or DeepSpeed without it)")
-    if world == 1:
-        return
-    wanted = requested_sharding()
-    if wanted is not None and kind != wanted:
-        hint = ("accelerate 1.15 enables FSDP only on GPU-type devices (CUDA, XPU, NPU, ...), not on CPU"
-                if wanted == "FSDP" else "on CPU, DeepSpeed needs ACCELERATE_USE_CPU unset")
-        raise RuntimeError(f"the launch asked for {wanted} (ACCELERATE_USE_{wanted}=true) but accelerate "
-                           f"chose {kind} on {accelerator.device}: {hint}")
-    if kind == DistributedType.NO.value:
-        raise RuntimeError(f"{world} processes but accelerate chose no distributed wrapper, so gradients "
-                           f"would not be synchronised; on CPU set ACCELERATE_USE_CPU=true")
-
-
-def make_accelerator(cfg: Config) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, ProjectConfiguration
-
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=list(cfg.report_to) or None,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        **accelerator_kwargs(),
-    )
-    check_distributed(accelerator)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # One packed row per forward; the rest of the step shape comes from this config, not the JSON.
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = 1
-        ds["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
-        ds["gradient_clipping"] = cfg.max_grad_norm
-        ds.pop("train_batch_size", None)
-        if "optimizer" in ds or "scheduler" in ds:
-            raise ValueError("the DeepSpeed config must not hold an 'optimizer' or 'scheduler' block: "
-                             "longpo builds the torch optimizer and schedule from its own config")
-    return accelerator
-
-
-def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
-    """Build the tiny original model, tokenizer and records in output_dir once; point cfg at them."""
-    import os
-    import shutil
-
-    from longpo.data.backends.hf import HFBackend
-    from longpo.data.records import read_records
-    from longpo.data.reference import add_reference_logps
-    from longpo.files import atomic_write_jsonl
-    from longpo.tiny import build_tiny_model, build_tiny_tokenizer
-    from longpo.train.data import make_tiny_records
-
-    out = Path(cfg.output_dir)
-    model_dir, records_file = out / "original_model", out / "tiny_records.jsonl"
-    if accelerator.is_main_process and not (model_dir / "config.json").is_file():
-        with plain_init(accelerator):  # the original model is built whole, not as ZeRO-3 shards
-            tokenizer, model = build_tiny_tokenizer(), build_tiny_model("llama", seed=0, max_position_embeddings=2048)
-        tmp = out / ".tmp-original_model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, model_dir)
-        # The reference stage's own scoring: the original model on the SHORT prompts.
-        records = add_reference_logps(HFBackend(model, tokenizer), tokenizer, make_tiny_records(cfg.tiny_records, seed=0))
-        atomic_write_jsonl(records_file, records)
-        logger.info(f"built the tiny original model in {model_dir} and {len(records)} records in {records_file}")
-    accelerator.wait_for_everyone()
-    read_records(records_file, require_reference=True)  # fail here, not mid-run, on a damaged file
-    return dataclasses.replace(cfg, model=str(model_dir), train_file=str(records_file))
-
-
-@contextlib.contextmanager
-def plain_init(accelerator: Any) -> Any:
-    """Build models whole inside this context, even where ZeRO-3 would partition them at init."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None:
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
-
-
-def set_rope_theta(config: Any, theta: float) -> None:
-    """transformers 5 keeps the RoPE base in `rope_parameters` (one dict, or one per layer type)."""
-    params = getattr(config, "rope_parameters", None)
-    if not isinstance(params, dict):
-        raise ValueError(f"{type(config).__name__} has no rope_parameters; cannot set rope_theta")
-    targets = [params] if "rope_theta" in params else [v for v in params.values() if isinstance(v, dict)]
-    if not targets:
-        raise ValueError(f"rope_parameters {params} holds no rope_theta")
-    for p in targets:
-        p["rope_theta"] = float(theta)
+    def forward(self, batch: PackedBatch) -> ForwardOutput:
+        return forward_pairs_parallel(self.model, batch, self.mesh, self.chunk_size, self.attention_backend)
 
 
 def load_policy(cfg: Config) -> Any:
-    """The model with the policy's config changes (RoPE base, max positions) applied BEFORE it is built:
-    in transformers 5 the rotary frequencies are computed at construction time."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The model with the policy's RoPE base / max positions (applied before it is built)."""
+    return load_model(cfg.model, cfg.dtype, rope_theta=cfg.rope_theta,
+                      max_position_embeddings=cfg.max_position_embeddings)
 
-    config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=False)
-    if cfg.rope_theta is not None:
-        set_rope_theta(config, cfg.rope_theta)
-    if cfg.max_position_embeddings is not None:
-        config.max_position_embeddings = cfg.max_position_embeddings
-    return AutoModelForCausalLM.from_pretrained(cfg.model, config=config, dtype=DTYPES[cfg.dtype],
-                                                use_safetensors=True, trust_remote_code=False,
-                                                attn_implementation="sdpa")
+
+def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
+    """model=tiny: the tiny original model and records in output_dir (built once, by the main process)."""
+    if accelerator.is_main_process:
+        with plain_init(accelerator):  # the original model is built whole, not as ZeRO-3 shards
+            prepare_tiny_run(cfg.output_dir, cfg.tiny_records)
+    accelerator.wait_for_everyone()
+    model_dir, records_file = tiny_run_paths(cfg.output_dir)
+    return replace(cfg, model=str(model_dir), train_file=str(records_file))
 
 
 def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
@@ -325,32 +203,10 @@ def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: Config, optimizer: Any, total_steps: int) -> Any:
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     if cfg.lr_scheduler == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     return get_constant_schedule_with_warmup(optimizer, warmup)
-
-
-def prepare_reference(accelerator: Any, module: PairModel) -> Any:
-    """The frozen DPO reference: under ZeRO-3 its own inference engine (shards it), else a device copy."""
-    from accelerate.utils import DistributedType
-
-    module.requires_grad_(False)
-    module.eval()
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return module.to(accelerator.device)
-    import deepspeed
-
-    ds = accelerator.state.deepspeed_plugin.deepspeed_config
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3 if stage == 3 else 0},
-              "bf16": {"enabled": accelerator.mixed_precision == "bf16"},
-              "fp16": {"enabled": accelerator.mixed_precision == "fp16"}}
-    engine, *_ = deepspeed.initialize(model=module, config=config)
-    engine.eval()
-    return engine
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,32 +214,32 @@ def prepare_reference(accelerator: Any, module: PairModel) -> Any:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, forward_fn: Any = None):
-        from accelerate.utils import set_seed
-        from transformers import AutoTokenizer
-
-        from longpo.config import config_to_dict, write_resolved_config
-        from longpo.data.records import read_records
-        from longpo.train.attention import DEFAULT_BACKEND
-        from longpo.train.checkpoint import load_checkpoint, resolve_resume, truncate_metrics
-        from longpo.train.data import filler_pair, steps_per_epoch
-        from longpo.train.logps import forward_pairs
-        from longpo.train.metrics import MetricsWriter
-        from longpo.train.parallel import init_mesh, parallelize, sequence_parallel_forward
-
+    def __init__(self, cfg: Config):
         self.accelerator = accelerator = make_accelerator(cfg)
         self.mesh = init_mesh(cfg.sp_size)  # data parallel x sequence parallel; 1 x 1 in one process
+        self.world = accelerator.num_processes
         if cfg.model == TINY:
             cfg = prepare_tiny(cfg, accelerator)
         self.cfg = cfg
         if accelerator.is_main_process:
             write_resolved_config(cfg, cfg.output_dir)
         set_seed(cfg.seed)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model, trust_remote_code=False)
+        check_local(cfg.model)  # before anything loads: a hub id is refused here, nothing is downloaded
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.filler = filler_pair(self.tokenizer)
         self.records = read_records(cfg.train_file, require_reference=cfg.loss == "longpo")
-        self.forward_fn = forward_fn or (sequence_parallel_forward(self.mesh) if cfg.sp_size > 1 else forward_pairs)
+        self.setup_models()
+        self.setup_schedule()
+        self.step, self.skipped_total = 0, 0
+        self.resume()
+        self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
+        logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
+                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s) "
+                    f"({accelerator.distributed_type.value}, sp_size {self.mesh.sp_size}), loss={cfg.loss}")
 
+    def setup_models(self) -> None:
+        """The policy (and for loss=dpo its frozen copy), parallelised, wrapped, prepared with the optimizer."""
+        cfg, accelerator = self.cfg, self.accelerator
         backend = DEFAULT_BACKEND if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
         parallelize(policy, self.mesh, backend)
@@ -393,57 +249,39 @@ class Trainer:
         if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
             reference = load_policy(cfg)
             parallelize(reference, self.mesh, backend)
-            self.reference = prepare_reference(accelerator, PairModel(reference, self.call_forward,
-                                                                      cfg.logp_chunk_size, backend))
-        module = PairModel(policy, self.call_forward, cfg.logp_chunk_size, backend)
+            self.reference = prepare_reference(accelerator, PairModel(reference, self.mesh, cfg.logp_chunk_size,
+                                                                      backend))
+        module = PairModel(policy, self.mesh, cfg.logp_chunk_size, backend)
         module.train()
-        optimizer = build_optimizer(cfg, module.parameters())
+        self.optimizer = build_optimizer(cfg, module.parameters())
+        self.module, self.optimizer = accelerator.prepare(module, self.optimizer)
+        self.backward_scale = accelerator.gradient_accumulation_steps * self.world
 
-        self.world = accelerator.num_processes
+    def setup_schedule(self) -> None:
+        cfg = self.cfg
         self.pairs_per_step = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * self.mesh.dp_size
         self.steps_per_epoch = steps_per_epoch(len(self.records), self.pairs_per_step)
         total = self.steps_per_epoch * cfg.num_epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        self.scheduler = build_scheduler(cfg, optimizer, self.total_steps)
-        self.module, self.optimizer = accelerator.prepare(module, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)
-        self.backward_scale = accelerator.gradient_accumulation_steps * self.world
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps)
+        self.accelerator.register_for_checkpointing(self.scheduler)
 
-        self.step, self.skipped_total = 0, 0
+    def resume(self) -> None:
+        cfg = self.cfg
         resume_from = resolve_resume(cfg.resume, cfg.output_dir)
         if resume_from is not None:
-            state = load_checkpoint(accelerator, resume_from)
+            state = load_checkpoint(self.accelerator, resume_from)
             if state["pairs_per_step"] != self.pairs_per_step:
                 raise ValueError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
                                  f"has {self.pairs_per_step}: the data position would not match; resume with the "
                                  f"same pairs_per_micro_batch x gradient_accumulation_steps x ranks, or resume=none")
             self.step, self.skipped_total = state["step"], state["skipped_overlong"]
             logger.info(f"resumed from {resume_from} at step {self.step}")
-        if accelerator.is_main_process:
+        if self.accelerator.is_main_process:
             truncate_metrics(Path(cfg.output_dir) / "metrics.jsonl", self.step)
-        self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
-        logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
-                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s) ({accelerator.distributed_type.value}, "
-                    f"sp_size {self.mesh.sp_size}), loss={cfg.loss}")
-
-    def call_forward(self, model: Any, batch: Any, chunk_size: int | None, backend: str) -> Any:
-        """Indirection so that `trainer.forward_fn` can be replaced after setup (sequence parallel)."""
-        return self.forward_fn(model, batch, chunk_size, backend)
-
-    def reduce_counts(self, nll_tokens: int, pairs: int) -> tuple[float, float]:
-        """Global NLL-token and pair counts of the step: summed over data-parallel ranks (not SP ranks)."""
-        from longpo.train.parallel import all_reduce_dp
-
-        if self.mesh.dp_size == 1:
-            return float(nll_tokens), float(pairs)
-        counts = torch.tensor([nll_tokens, pairs], dtype=torch.float64, device=self.accelerator.device)
-        counts = all_reduce_dp(counts, self.mesh)
-        return float(counts[0]), float(counts[1])
 
     def fetch_step(self, step: int) -> tuple[list, list[tuple[str, int]]]:
         """This rank's micro-batches of global step `step` (0-based) and the pairs it skipped as overlong."""
-        from longpo.train.data import epoch_order, micro_batches, rank_share, tokenize_share
-
         cfg = self.cfg
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.records), cfg.seed, epoch)
@@ -457,19 +295,16 @@ class Trainer:
                                 self.filler, pad)
         return batches, skipped
 
-    def train_step(self, micro: list, skipped: int) -> Any:
-        """Forward and backward every micro-batch of one step with the step's global counts."""
-        from longpo.train.loss import combine_loss, preference_losses
-        from longpo.train.metrics import StepSums
-        from longpo.train.packing import batch_to
-
+    def train_step(self, micro: list, skipped: int) -> StepSums:
+        """Forward and backward every micro-batch of one step with the step's global counts; the
+        step's metric sums over data-parallel ranks (the ranks of an SP group hold the same sample)."""
         cfg, accelerator = self.cfg, self.accelerator
         real = [mb for mb in micro if mb.weight > 0]
-        nll_tokens, num_pairs = self.reduce_counts(sum(mb.batch.num_nll_tokens for mb in real),
-                                                   sum(mb.batch.num_pairs for mb in real))
+        counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real)],
+                              dtype=torch.float64, device=accelerator.device)
+        nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
         lam = 0.0 if cfg.loss == "sft" else cfg.lam
-        first = self.mesh.sp_rank == 0  # an SP group's ranks share each sample: its metrics are counted once
-        sums = StepSums(skipped=skipped if first else 0)
+        sums = StepSums(skipped=skipped)
         for mb in micro:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
@@ -481,32 +316,25 @@ class Trainer:
                 loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
                 self.check_finite(loss, micro)
                 accelerator.backward(loss * self.backward_scale)
-            if mb.weight > 0 and first:
-                sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs, batch.num_tokens, pref)
-        return sums
+            if mb.weight > 0:
+                sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs,
+                         batch.num_tokens, pref)
+        return sums.reduce(self.mesh, accelerator.device)
 
-    def check_finite(self, loss: Any, micro: list) -> None:
+    def check_finite(self, loss: torch.Tensor, micro: list) -> None:
         """Stop on a non-finite micro-batch loss before its backward, on every rank together. The check
         after the step's backwards is too late under DeepSpeed: its engine steps inside the last one."""
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        if self.world > 1:
-            torch.distributed.all_reduce(bad)
+        bad = reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1), self.mesh, over="world")
         if bad.item():
             self.stop(f"non-finite loss (this rank's micro-batch: {float(loss.detach())})", micro)
 
-    def reference_logps(self, batch: Any) -> Any:
-        from longpo.train.loss import PairLogps
-
+    def reference_logps(self, batch: PackedBatch) -> PairLogps:
         if self.reference is None:  # longpo: the short-prompt reference precomputed in the records
             return PairLogps(chosen=batch.ref_chosen, rejected=batch.ref_rejected)
         with torch.no_grad():
             return self.reference(batch).policy
 
     def train(self) -> dict:
-        from tqdm.auto import tqdm
-
-        from longpo.train.checkpoint import export_model, save_checkpoint
-
         cfg, accelerator = self.cfg, self.accelerator
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
                    disable=not (cfg.progress_bar and accelerator.is_main_process))
@@ -514,7 +342,7 @@ class Trainer:
         while self.step < self.total_steps:
             start = time.perf_counter()
             micro, skipped = self.fetch_step(self.step)
-            sums = self.train_step(micro, len(skipped)).reduce(accelerator)
+            sums = self.train_step(micro, len(skipped))
             grad_norm = accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
             if grad_norm is not None and not math.isfinite(float(grad_norm)):
                 self.stop(f"non-finite gradient norm ({float(grad_norm)})", micro)
@@ -559,14 +387,12 @@ class Trainer:
                 "pairs_per_step": self.pairs_per_step}
 
 
-def train(cfg: Config, forward_fn: Any = None) -> dict:
+def train(cfg: Config) -> dict:
     """Library entry point: set up, train, export; returns the export dir and the last metrics."""
-    return Trainer(cfg, forward_fn).train()
+    return Trainer(cfg).train()
 
 
 def main(cfg: Config) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = train(cfg)
     print(f"trained {result['steps']} steps; model in {result['export_dir']}")
     return 0

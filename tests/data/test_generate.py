@@ -14,13 +14,13 @@ import torch
 import yaml
 from torch.testing import assert_close
 
+from longpo.backends.hf import HFBackend
+from longpo.backends.openai import OpenAIBackend
 from longpo.config import build_config
-from longpo.data.backends.hf import HFBackend
-from longpo.data.backends.openai import OpenAIBackend
 from longpo.data.corpus import CorpusError
 from longpo.data.generate import Config, generate, merge
 from longpo.data.records import read_records
-from longpo.tiny import build_tiny_model
+from longpo.toy.tiny import build_tiny_model
 from tests.data.loopback import LoopbackServer
 from tests.data.test_reference import direct_logp
 

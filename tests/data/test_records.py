@@ -19,7 +19,6 @@ def test_tokenize_pair_shares_exactly_the_prompt(tokenizer):
         text = tokenizer.decode([t for t, m in zip(ids, mask) if m])
         assert text == "".join(turn[branch] + "<|end|>\n" for turn in rec["turns"])
     assert rec["document"] in tokenizer.decode(pair.prefix)
-    assert pair.packed_length == len(pair.prefix) + len(pair.chosen) + len(pair.rejected)
 
 
 def test_reference_logps_are_summed_over_turns(tokenizer):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from longpo.data.backends.hf import HFBackend
+from longpo.backends.hf import HFBackend
 from longpo.data.records import read_records, tokenize_short
 from longpo.data.reference import Config, add_reference_logps, run
-from longpo.tiny import build_tiny_model
+from longpo.toy.tiny import build_tiny_model
 from tests.conftest import make_record
 
 

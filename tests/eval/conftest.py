@@ -76,7 +76,7 @@ class ScriptedBackend:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, tokenizer):
     """A tiny random Llama (4096 positions) saved with the tiny tokenizer, as a local checkpoint folder."""
-    from longpo.tiny import build_tiny_model
+    from longpo.toy.tiny import build_tiny_model
 
     path = tmp_path_factory.mktemp("tiny_ckpt")
     build_tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=4096).save_pretrained(path)

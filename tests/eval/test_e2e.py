@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from longpo.cli import main as cli_main
 from longpo.eval import run as eval_run
 
 pytestmark = pytest.mark.slow
@@ -45,13 +46,13 @@ def test_eval_end_to_end_resumes_after_a_kill(tmp_path, checkpoint, data_dir, mo
 
     monkeypatch.setattr(eval_run, "make_backend", make_backend)
     with pytest.raises(Killed):
-        eval_run.cli(_args(checkpoint, data_dir, out))
+        cli_main(["eval", *_args(checkpoint, data_dir, out)])
     saved = sorted(p.relative_to(out / "predictions").as_posix() for p in (out / "predictions").rglob("*.jsonl"))
     assert saved == ["ruler/1536/niah_multikey_2.jsonl", "ruler/1536/niah_single_1.jsonl", "ruler/1536/vt.jsonl"]
     assert (out / "resolved_config.yaml").is_file()
 
     calls.update(n=0, limit=100)
-    assert eval_run.cli(_args(checkpoint, data_dir, out)) == 0
+    assert cli_main(["eval", *_args(checkpoint, data_dir, out)]) == 0
     # 3 batches were done; left: cwe and qa_1 (1 batch each), en_qa and en_mc, 2 depth cells
     assert calls["n"] == 6, calls
     summary = json.loads((out / "summary.json").read_text())
@@ -73,34 +74,34 @@ def test_eval_end_to_end_resumes_after_a_kill(tmp_path, checkpoint, data_dir, mo
 
     # a third run has nothing left to generate and gives the same summary
     calls.update(n=0)
-    assert eval_run.cli(_args(checkpoint, data_dir, out)) == 0
+    assert cli_main(["eval", *_args(checkpoint, data_dir, out)]) == 0
     assert calls["n"] == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["ruler"]["groups"] == summary["ruler"]["groups"]
 
     capsys.readouterr()
-    assert eval_run.cli(["compare", str(out), str(out)]) == 0
+    assert cli_main(["eval", "compare", str(out), str(out)]) == 0
     assert "RULER AVG 1536" in capsys.readouterr().out
 
 
 def test_eval_bad_inputs(tmp_path, checkpoint, data_dir, capsys):
-    assert eval_run.cli([f"model={tmp_path / 'no_such_ckpt'}", f"out_dir={tmp_path}"]) == 2
+    assert cli_main(["eval", f"model={tmp_path / 'no_such_ckpt'}", f"out_dir={tmp_path}"]) == 2
     assert "no_such_ckpt does not exist" in capsys.readouterr().err
 
-    assert eval_run.cli([f"model={checkpoint}", f"out_dir={tmp_path}", "ruler.lengths=[4096,8192]"]) == 2
+    assert cli_main(["eval", f"model={checkpoint}", f"out_dir={tmp_path}", "ruler.lengths=[4096,8192]"]) == 2
     err = capsys.readouterr().err
     assert "ruler.lengths=8192" in err and "holds at most 4096 tokens" in err
 
     bad = tmp_path / "ib"
     bad.mkdir()
     (bad / "longbook_qa_eng.jsonl").write_text('{"id": 0, "context": "x", "input": "q", "answer": ["a"]}\n{oops\n')
-    assert eval_run.cli([f"model={checkpoint}", f"out_dir={tmp_path / 'o'}", "ruler.enabled=false",
+    assert cli_main(["eval", f"model={checkpoint}", f"out_dir={tmp_path / 'o'}", "ruler.enabled=false",
                          f"infinitebench.data_dir={bad}", "infinitebench.tasks=en_qa",
                          "infinitebench.max_length=1024"]) == 2
     assert "longbook_qa_eng.jsonl:2: invalid JSON" in capsys.readouterr().err
 
-    assert eval_run.cli([f"model={checkpoint}", "ruler.tasks=niah_single_9"]) == 2
+    assert cli_main(["eval", f"model={checkpoint}", "ruler.tasks=niah_single_9"]) == 2
     assert "unknown ['niah_single_9']" in capsys.readouterr().err
-    assert eval_run.cli(["compare", str(tmp_path)]) == 2
-    assert eval_run.cli(["compare", str(tmp_path), str(tmp_path)]) == 2
+    assert cli_main(["eval", "compare", str(tmp_path)]) == 2
+    assert cli_main(["eval", "compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err

@@ -25,6 +25,7 @@ metadata:
 """
 
 
+@pytest.mark.slow
 def test_short_tasks_through_lm_eval(tmp_path, checkpoint):
     pytest.importorskip("lm_eval")
     from longpo.eval.lm_eval import run_short_tasks

@@ -5,7 +5,7 @@
         tests/train/cpu_fsdp_launch.py train ...
 
 accelerate 1.15 enables FSDP only on GPU-type devices: on a machine without one a launch gets no backend
-and `DistributedType.NO`, and `longpo train` refuses it (`trainer.check_distributed`). This shim changes
+and `DistributedType.NO`, and `longpo train` refuses it (`launch.check_distributed`). This shim changes
 that one decision and nothing else: a distributed launch that accelerate would run as NO is run as a
 multi-device launch over gloo on the CPU (`ACCELERATE_TORCH_DEVICE=cpu`), so accelerate's own FSDP2 path
 (`fully_shard` per decoder layer, gradient reduce-scatter, DTensor clipping, state-dict gathering) runs

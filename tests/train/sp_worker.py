@@ -120,7 +120,7 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def run_case(case: Case, tokenizer, report: dict) -> None:
     from torch.testing import assert_close
 
-    from longpo.tiny import build_tiny_model
+    from longpo.toy.tiny import build_tiny_model
     from longpo.train.attention import use_shared_prefix_attention
     from longpo.train.logps import forward_pairs
     from longpo.train.parallel import forward_pairs_parallel, init_mesh, parallelize, shard_batch
@@ -191,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    from longpo.tiny import build_tiny_tokenizer
+    from longpo.toy.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     report: dict = {}

@@ -11,7 +11,7 @@ import torch
 from torch.testing import assert_close
 
 from longpo.data.records import tokenize_pair
-from longpo.tiny import build_tiny_model
+from longpo.toy.tiny import build_tiny_model
 from longpo.train.attention import use_shared_prefix_attention
 from longpo.train.logps import chunked_target_logps, forward_pairs, forward_pairs_plain
 from longpo.train.packing import pack_pairs

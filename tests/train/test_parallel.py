@@ -53,6 +53,7 @@ attention_backend: sdpa
 """
 
 
+@pytest.mark.slow
 def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
     """`longpo train sp_size=2` under torchrun (2 gloo ranks, accelerate MULTI_CPU) writes the same
     metrics and the same final weights as the one-process run: 2 AdamW steps, float64."""
@@ -83,6 +84,7 @@ def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
         torch.testing.assert_close(weights["sp2"][key], w, rtol=1e-10, atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")
 
 
+@pytest.mark.slow
 def test_sp2_equals_one_process(tmp_path):
     """sp 2: Llama / Mistral / Qwen2, 1 and 2 turns, 9 heads on 2 ranks, kv heads < sp, odd row length,
     3 AdamW steps; loss, every metric and every gradient match one process."""
@@ -91,6 +93,7 @@ def test_sp2_equals_one_process(tmp_path):
     assert report["llama-sp2-3steps"]["weight"] < 1e-10, report
 
 
+@pytest.mark.slow
 def test_sp4_and_dp2_x_sp2_equal_one_process(tmp_path):
     """sp 4 (10 heads on 4 ranks, kv heads replicated, odd row lengths) and dp 2 x sp 2 on two samples."""
     report = _torchrun(4, "sp4", tmp_path)

@@ -132,7 +132,7 @@ def test_zero3_with_sp_size_2_equals_one_process(one_process, tmp_path):
     ({"ACCELERATE_USE_FSDP": "true"}, "gloo"),  # then refused by check_distributed, unless a GPU-type device
 ])
 def test_a_cpu_launch_gets_a_backend(monkeypatch, env, expected):
-    from longpo.train.trainer import accelerator_kwargs
+    from longpo.train.launch import accelerator_kwargs
 
     for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_CPU"):
         monkeypatch.delenv(key, raising=False)
@@ -162,7 +162,7 @@ def test_a_launch_that_accelerate_would_run_otherwise_is_refused(monkeypatch, en
     import torch.distributed as dist
     from accelerate.utils import DistributedType
 
-    from longpo.train.trainer import check_distributed
+    from longpo.train.launch import check_distributed
 
     for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(key, raising=False)

@@ -115,6 +115,7 @@ def test_batch_4x1_equals_batch_1x4_accumulation(base, tmp_path):
     assert moved == len(wa), "every tensor gets a gradient"
 
 
+@pytest.mark.slow
 def test_two_data_parallel_ranks_equal_one_process(base, records, tmp_path):
     """2 gloo ranks x 2 micro-batches equal 1 process x 4 micro-batches (float64, SGD): the pair and
     token counts are summed over ranks and the DDP gradient average is undone. 7 records: the last
@@ -143,6 +144,7 @@ def test_two_data_parallel_ranks_equal_one_process(base, records, tmp_path):
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_an_uninterrupted_run(base, tmp_path):
     """Kill a real training process (SIGKILL) once it has checkpointed step 5 or later, resume:
     metrics.jsonl equals a run that was never interrupted (losses, rewards, lr, grad norms).

@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 BACKENDS = {
-    "hf": ("longpo.data.backends.hf", "HFBackend"),
-    "vllm": ("longpo.data.backends.vllm", "VLLMBackend"),
-    "openai": ("longpo.data.backends.openai", "OpenAIBackend"),
+    "hf": ("longpo.backends.hf", "HFBackend"),
+    "vllm": ("longpo.backends.vllm", "VLLMBackend"),
+    "openai": ("longpo.backends.openai", "OpenAIBackend"),
 }
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from longpo.data.backends.base import Sampling
-from longpo.data.backends.hf import HFBackend, load_model
+from longpo.backends.base import Sampling
+from longpo.backends.hf import HFBackend, load_model
 from longpo.data.records import user_content
-from longpo.tiny import build_tiny_model
+from longpo.toy.tiny import build_tiny_model
 
 GREEDY = Sampling(temperature=0.0, max_new_tokens=6)
 SAMPLED = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1)  # sensitive to every logit

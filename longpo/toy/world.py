@@ -2,19 +2,18 @@
 
 A document is paragraphs of filler sentences with facts among them, "name VALUE ." (each name at
 most once per document, every value one token). The chat skills of the base model:
-
     answer:  user "<document>\\n\\nwhat is the code of Name ?"   assistant "name VALUE ."
     ask:     user "<document>\\n\\nwrite K questions ."          assistant "1. what is the code of Ann ?\\n2. ..."
 
 The answer restates the name right before the value, as the document has it: the lookup becomes an
 induction-style copy ("name" seen before -> the token that followed it), which a two-layer model
-learns in minutes; a bare "VALUE ." after the question is not learned at this scale (../TOY.md).
+learns in minutes; a bare "VALUE ." after the question is not learned at this scale.
 Questions spell the name capitalised, a token of its own, so that the document holds the only
 earlier "name": with the same token in the question, the copy mostly found the question instead.
 Short documents (1-8 facts, at most two filler sentences: under 50 tokens) train the base model; long
 documents (many facts, hundreds of tokens, positions it never saw) are where it fails and where
 LongPO's pairs come from.
-Every word is one token of a word-level tokenizer with the chat template of `longpo.tiny`.
+Every word is one token of a word-level tokenizer with the chat template of `longpo.toy.tiny`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from longpo.toy.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 NAMES = ("alice bob carol dave erin frank grace heidi ivan judy karl liam mona nick olga paul quinn rosa sam "
          "tina uma victor wendy zoe").split()
@@ -59,15 +63,6 @@ def answer_value(text: str, name: str) -> str | None:
     for i in range(len(words) - 1):
         if words[i] == name:
             return words[i + 1]
-    return None
-
-
-def question_name(text: str) -> str | None:
-    """The name a question asks about ("... the code of Name ?"), or None."""
-    words = text.split()
-    for i in range(len(words) - 1):
-        if words[i] == "of" and words[i + 1].lower() in NAMES:
-            return words[i + 1].lower()
     return None
 
 
@@ -157,11 +152,6 @@ def repeat_messages(doc: Doc) -> list[dict]:
 
 def build_tokenizer() -> Any:
     """Word-level tokenizer over the toy vocabulary, newlines kept as tokens, with the tiny chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from longpo.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
-
     words = list(dict.fromkeys(NAMES + [title(n) for n in NAMES] + VALUES + FILLER + NUMBERS + TEMPLATE_WORDS + ["\n", "[unk]"]))
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[unk]"))

@@ -18,42 +18,11 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from longpo.data.backends.base import Sampling
+import torch
+from transformers import DynamicCache
 
-
-def load_model(path: str, dtype: str = "auto", device: str | None = None, rope_theta: float | None = None,
-               max_position_embeddings: int | None = None, attn_implementation: str = "sdpa") -> Any:
-    """A local causal LM, safetensors only, no remote code; RoPE base / max length overridable."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"model {path!r}: not a local model folder (nothing is downloaded)")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    if rope_theta is not None:
-        rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
-        rope["rope_theta"] = float(rope_theta)
-        config.rope_parameters = rope
-    if max_position_embeddings is not None:
-        config.max_position_embeddings = int(max_position_embeddings)
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False,
-        attn_implementation=attn_implementation,
-    )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
-
-
-def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"tokenizer {path!r}: not a local folder (nothing is downloaded)")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+from longpo.backends.base import Sampling
+from longpo.models import chunked_target_logps, load_model, load_tokenizer
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -72,8 +41,10 @@ class HFBackend:
                  batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "sdpa",
                  reuse_across_calls: bool = False, batch_shared_greedy: bool = False):
         if isinstance(model, (str, Path)):
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model = load_model(str(model), dtype, device, rope_theta, max_position_embeddings,
+                                    attn_implementation).eval()
             self.tokenizer = load_tokenizer(str(tokenizer or model)) if not hasattr(tokenizer, "encode") else tokenizer
-            self.model = load_model(str(model), dtype, device, rope_theta, max_position_embeddings, attn_implementation)
         else:  # an already built model (tests, the demo, `longpo reference` on a live policy)
             self.model = model.eval()
             self.tokenizer = tokenizer if hasattr(tokenizer, "encode") else load_tokenizer(str(tokenizer))
@@ -111,8 +82,6 @@ class HFBackend:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def _seed(self, sampling: Sampling, ids: list[int]) -> None:
-        import torch
-
         if sampling.temperature > 0:
             torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(array("q", ids).tobytes()))
 
@@ -158,8 +127,6 @@ class HFBackend:
         """A KV cache to continue `ids` from: the kept one cropped to the tokens it shares with
         `ids[:upto]` when that is at least `min_shared_prefix` tokens, else an empty one (or None
         when nothing is kept between calls)."""
-        from transformers import DynamicCache
-
         if self._kept is not None:
             kept_ids, cache = self._kept
             n = min(common_prefix_length(kept_ids, ids), upto)
@@ -172,8 +139,6 @@ class HFBackend:
 
     def _prefill(self, ids: list[int], upto: int, cache: Any) -> Any:
         """Extend `cache` with ids[cached:upto] (decoder only: no logits over the document)."""
-        import torch
-
         cached = cache.get_seq_length()
         if upto > cached:
             with torch.no_grad():
@@ -183,8 +148,6 @@ class HFBackend:
         return cache
 
     def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None, keep: bool = True) -> str:
-        import torch
-
         self._seed(sampling, ids)
         input_ids = torch.tensor([ids], device=self.device)
         cached = cache.get_seq_length() if cache is not None else 0
@@ -200,8 +163,6 @@ class HFBackend:
     def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[str]:
         """Prefill the shared prefix once, then continue each prompt from a copy of its cache (greedy
         prompts together in one batch with `batch_shared_greedy`)."""
-        from transformers import DynamicCache
-
         base = self._start_cache(group[0], shared)
         base = self._prefill(group[0], shared, DynamicCache(config=self.model.config) if base is None else base)
         self.stats["reused_prefix_tokens"] += shared * (len(group) - 1)
@@ -225,8 +186,6 @@ class HFBackend:
         the prefix and the tail, and masked out, so positions (from the mask) stay those of the
         unpadded prompt.
         """
-        import torch
-
         tails = [ids[shared:] for ids in batch]
         width = max(len(t) for t in tails)
         pad = self.tokenizer.pad_token_id
@@ -240,8 +199,6 @@ class HFBackend:
         return [self._decode(row[shared + width:].tolist()) for row in result]
 
     def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[str]:
-        import torch
-
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
@@ -258,10 +215,6 @@ class HFBackend:
         Consecutive sequences sharing a long prompt (the chosen and the rejected answer of one short
         prompt) prefill it once; each continues from a copy of its KV cache.
         """
-        import torch
-        from transformers import DynamicCache
-
-        from longpo.train.logps import chunked_target_logps
 
         sources = []
         for n, (ids, mask) in enumerate(zip(sequences, masks)):

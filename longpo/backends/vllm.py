@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from longpo.data.backends.base import Sampling
+from longpo.backends.base import Sampling
+from longpo.models import load_tokenizer, vllm_hf_overrides
 
 
 def engine_kwargs(model: str, tokenizer: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                   max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
                   rope_theta: float | None = None, max_position_embeddings: int | None = None,
                   seed: int = 0, enable_prefix_caching: bool = True, **extra: Any) -> dict:
-    """Arguments of `vllm.LLM`: safetensors only, no remote code, RoPE overrides through hf_overrides."""
-    overrides: dict = {}
-    if rope_theta is not None:
-        overrides["rope_theta"] = float(rope_theta)  # older configs
-        overrides["rope_parameters"] = {"rope_type": "default", "rope_theta": float(rope_theta)}
-    if max_position_embeddings is not None:
-        overrides["max_position_embeddings"] = int(max_position_embeddings)
+    """Arguments of `vllm.LLM`: safetensors only, no remote code, RoPE overrides through hf_overrides
+    (the same `rope_parameters` the HF backend and the trained policy get, scaling keys kept)."""
+    overrides = vllm_hf_overrides(model, rope_theta, max_position_embeddings)
     kwargs = dict(model=model, tokenizer=tokenizer or model, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                   gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching,
                   trust_remote_code=False, load_format="safetensors", seed=seed)
@@ -69,8 +66,6 @@ class VLLMBackend:
             import vllm
         except ImportError as e:
             raise ImportError("backend=vllm needs the optional extra: pip install 'longpo[vllm]' (GPU only)") from e
-        from longpo.data.backends.hf import load_tokenizer
-
         self._vllm = vllm
         self.tokenizer = load_tokenizer(tokenizer or model)
         self.llm = vllm.LLM(**engine_kwargs(model, tokenizer, **kwargs))

@@ -6,10 +6,11 @@ import types
 
 import pytest
 
-from longpo.data.backends import make_backend
-from longpo.data.backends.base import Sampling
-from longpo.data.backends.openai import OpenAIBackend, ServerError
-from longpo.data.backends.vllm import engine_kwargs, sampling_params, score_params, sum_prompt_logprobs
+from longpo.backends import make_backend
+from longpo.backends.base import Sampling
+from longpo.backends.openai import OpenAIBackend, ServerError
+from longpo.backends.vllm import engine_kwargs, sampling_params, score_params, sum_prompt_logprobs
+from longpo.toy.tiny import tiny_model_config
 from tests.data.loopback import LoopbackServer
 
 
@@ -17,14 +18,16 @@ def fake_vllm():
     return types.SimpleNamespace(SamplingParams=lambda **kw: kw)
 
 
-def test_vllm_engine_and_request_building():
-    kw = engine_kwargs("/m", dtype="bfloat16", tensor_parallel_size=4, rope_theta=1e7, max_position_embeddings=131072,
+def test_vllm_engine_and_request_building(tmp_path):
+    m = str(tmp_path / "m")
+    tiny_model_config("llama").save_pretrained(m)  # the overrides are computed from the local config
+    kw = engine_kwargs(m, dtype="bfloat16", tensor_parallel_size=4, rope_theta=1e7, max_position_embeddings=131072,
                        max_model_len=131072)
     assert kw["trust_remote_code"] is False and kw["load_format"] == "safetensors"
-    assert kw["enable_prefix_caching"] and kw["tensor_parallel_size"] == 4 and kw["tokenizer"] == "/m"
+    assert kw["enable_prefix_caching"] and kw["tensor_parallel_size"] == 4 and kw["tokenizer"] == m
     assert kw["hf_overrides"]["rope_parameters"]["rope_theta"] == 1e7
     assert kw["hf_overrides"]["max_position_embeddings"] == 131072
-    assert "hf_overrides" not in engine_kwargs("/m")
+    assert "hf_overrides" not in engine_kwargs(m)
     vllm = fake_vllm()
     greedy = sampling_params(vllm, Sampling(temperature=0.0, max_new_tokens=40))
     assert greedy == {"temperature": 0.0, "max_tokens": 40}

@@ -20,7 +20,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from longpo.data.backends.base import Sampling
+from longpo.backends.base import Sampling
+from longpo.models import load_tokenizer
 
 logger = logging.getLogger("longpo.backends.openai")
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -36,8 +37,6 @@ class OpenAIBackend:
     def __init__(self, model: str, tokenizer: str | None = None, base_url: str = "http://127.0.0.1:8000/v1",
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 5, backoff: float = 1.0):
-        from longpo.data.backends.hf import load_tokenizer
-
         if not tokenizer:
             raise ValueError("backend=openai needs tokenizer=<local folder with the served model's tokenizer>: "
                              "prompts are rendered and scored locally")

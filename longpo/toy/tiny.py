@@ -9,6 +9,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 # A ChatML-like template; the assistant turn ends with <|end|> (the eos token), which is trained.
@@ -20,7 +24,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-_WORDS = (
+WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but "
     "have an they you were her she there one all we their has been would more when will if no out so "
     "what up about into than them can only other new some could time these two may then do first any "
@@ -37,7 +41,7 @@ def _corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     lines = []
     for _ in range(n_lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 16))]
         if rng.random() < 0.3:
             words.insert(rng.randrange(len(words)), str(rng.randint(0, 99999)))
         line = " ".join(words).capitalize() + rng.choice([".", "?", "!", ",", ":"])
@@ -47,9 +51,6 @@ def _corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0) -> Any:
     """A byte-level BPE (`PreTrainedTokenizerFast`) with a chat template, trained in well under a second."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -122,9 +123,6 @@ def tiny_model_config(
 def build_tiny_model(arch: str = "llama", seed: int = 0, dtype: Any = None, attn_implementation: str = "sdpa",
                      **config_kwargs: Any) -> Any:
     """A randomly initialised tiny causal LM; same seed, same weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     config = tiny_model_config(arch, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation,

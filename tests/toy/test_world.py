@@ -6,8 +6,9 @@ from longpo.data.chunking import chunk_document
 from longpo.data.filters import FilterConfig, drop_reason
 from longpo.data.prompts import parse_questions, question_prompt
 from longpo.data.records import tokenize_conversation, user_content
-from longpo.demo.world import (
+from longpo.toy.world import (
     ASK_TEMPLATE,
+    NAMES,
     answer,
     answer_value,
     ask_messages,
@@ -18,10 +19,18 @@ from longpo.demo.world import (
     n_tokens,
     qa_messages,
     question,
-    question_name,
     repeat_messages,
     short_doc,
 )
+
+
+def question_name(text: str) -> str | None:
+    """The name a question asks about ("... the code of Name ?"), or None."""
+    words = text.split()
+    for i in range(len(words) - 1):
+        if words[i] == "of" and words[i + 1].lower() in NAMES:
+            return words[i + 1].lower()
+    return None
 
 
 def test_world_is_seeded_and_facts_are_in_the_text():
