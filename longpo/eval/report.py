@@ -24,6 +24,8 @@ RULER_GROUPS = {
 }
 RULER_GROUPS["AVG"] = [t for members in RULER_GROUPS.values() for t in members]
 IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
+# secondary metrics (`extra` of a task result), shown beside the official ones and left out of every average
+IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
 
 
@@ -59,7 +61,9 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
         summary["ruler"] = {"lengths": lengths, "tasks": per_task, "groups": groups, "coverage": coverage}
     ib = {r["task"]: r["score"] for r in results if r.get("suite") == "infinitebench"}
     if ib:
-        summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values()))}
+        extra = {f"{r['task']}_{k}": v for r in results if r.get("suite") == "infinitebench"
+                 for k, v in r.get("extra", {}).items()}
+        summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values())), **extra}
     if short:
         summary["short"] = {**short, "avg": _mean(list(short.values()))}
     depth = [r for r in results if r.get("suite") == "ruler" and "depth" in r]
@@ -107,6 +111,10 @@ def to_markdown(summary: dict, title: str = "") -> str:
         keys = [k for k in IB_LABELS if k in ib]
         parts += ["## InfiniteBench", _md_table([IB_LABELS[k] for k in keys] + ["Avg"],
                                                 [[_fmt(ib[k]) for k in keys] + [_fmt(ib["avg"])]])]
+        extras = [k for k in IB_EXTRA_LABELS if k in ib]
+        if extras:
+            parts.append("Beside the official numbers (not in Avg): "
+                         + ", ".join(f"{IB_EXTRA_LABELS[k]} {_fmt(ib[k])}" for k in extras))
     if "short" in summary:
         sh = summary["short"]
         keys = [k for k in sh if k != "avg"]
@@ -124,6 +132,9 @@ def to_csv(summary: dict) -> str:
     for r in summary["tasks"]:
         writer.writerow([r.get("suite", ""), r.get("task", r.get("name", "")), r.get("length", ""),
                          r.get("depth", ""), r.get("metric", ""), _fmt(r["score"]), r.get("n", "")])
+        for key, value in r.get("extra", {}).items():
+            writer.writerow([r.get("suite", ""), f"{r.get('task', '')}_{key}", r.get("length", ""), "", key,
+                             _fmt(value), r.get("n", "")])
     for group, row in summary.get("ruler", {}).get("groups", {}).items():
         for key, value in row.items():
             writer.writerow(["ruler-group", group, key, "", "mean", _fmt(value), ""])
@@ -158,6 +169,9 @@ def headline(summary: dict) -> dict[str, float | None]:
             flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
     if "infinitebench" in summary:
         flat["InfiniteBench avg"] = summary["infinitebench"]["avg"]
+    for key, label in IB_EXTRA_LABELS.items():
+        if key in summary.get("infinitebench", {}):
+            flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
     for key, value in summary.get("short", {}).items():
         flat[f"short {SHORT_LABELS.get(key, key)}"] = value
     return flat

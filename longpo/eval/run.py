@@ -62,16 +62,25 @@ class InfiniteBenchConfig:
     tasks: list[str] = help_field(["en_sum", "en_qa", "en_mc"], "InfiniteBench tasks")
     data_dir: str | None = help_field(None, "folder with longbook_sum_eng.jsonl, longbook_qa_eng.jsonl, longbook_choice_eng.jsonl")
     files: dict = help_field({}, "per-task file overrides, e.g. {en_qa: /data/qa.jsonl}")
-    max_length: int = help_field(131072, "token budget of prompt + generation; the book is cut in the middle to fit")
+    max_length: int = help_field(131072, "official: the filled prompt is cut in the middle to this many tokens (128 x 1024, "
+                                 "no room kept for the answer); fit: prompt + generation fit it")
+    truncation: str = help_field("official", "official (InfiniteBench's truncate_by_tokens on the whole prompt, with "
+                                 "system_prompt for chat models) or fit (cut the book only, leave room for the answer; "
+                                 "not comparable with published numbers)")
+    system_prompt: str | None = help_field("You are a helpful assistant.", "system turn of chat models under "
+                                           "truncation=official (InfiniteBench's create_system_msg); null: the chat "
+                                           "template's own default")
     num_samples: int = help_field(-1, "examples per task (-1: all)")
-    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum")
+    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum (the official scorer uses none)")
 
     def __post_init__(self) -> None:
-        from longpo.eval.tasks.infinitebench import TASKS
+        from longpo.eval.tasks.infinitebench import TASKS, TRUNCATIONS
 
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"infinitebench.tasks: unknown {unknown}; choose from {TASKS}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"infinitebench.truncation={self.truncation!r}: choose from {TRUNCATIONS}")
         self.max_length = int(self.max_length)
 
 
@@ -203,7 +212,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 continue
             add(tasks, f"infinitebench/{name}",
                 lambda name=name, path=path: InfiniteBenchTask(
-                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer))
+                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     return tasks, sweep, skipped
 
 
