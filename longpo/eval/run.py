@@ -18,7 +18,10 @@ from typing import Any
 
 from longpo.config import help_field, write_resolved_config
 from longpo.eval.haystack import DataMissing
+from longpo.eval.judge import JudgeConfig
 from longpo.eval.report import summarize, write_summary
+from longpo.eval.tasks.longbench_chat import LongBenchChatConfig
+from longpo.eval.tasks.mtbench import MTBenchConfig
 
 RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
                "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2"]
@@ -113,6 +116,10 @@ class Config:
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
+    mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")
+    longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
+                                                     help="LongBench-Chat (LLM judge) settings")
+    judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -227,18 +234,35 @@ def main(cfg: Config) -> int:
     write_resolved_config(cfg, out)
     results: list[dict] = []
     skipped: list[dict] = []
-    if cfg.ruler.enabled or cfg.infinitebench.enabled:
-        fmt = PromptFormat(load_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
-        tasks, sweep, skipped = build_tasks(cfg, fmt)
-        for s in skipped:
-            print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-        if tasks or sweep:
+    judged: dict = {}
+    backend = None
+
+    def get_backend():  # loaded once, and only when something needs generating
+        nonlocal backend
+        if backend is None:
             backend = make_backend(cfg)
-            try:
-                sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-                results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
-            finally:
-                backend.close()
+        return backend
+
+    try:
+        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
+        if cfg.ruler.enabled or cfg.infinitebench.enabled or cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+            fmt = PromptFormat(load_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
+        if cfg.ruler.enabled or cfg.infinitebench.enabled:
+            tasks, sweep, skipped = build_tasks(cfg, fmt)
+            for s in skipped:
+                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+            if tasks or sweep:
+                results = evaluate(get_backend(), tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
+        if cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+            from longpo.eval.judged import run_judged
+
+            before = len(skipped)
+            judged = run_judged(cfg, fmt, get_backend, out, sampling, skipped)
+            for s in skipped[before:]:
+                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+    finally:
+        if backend is not None:
+            backend.close()
     short = None
     if cfg.short.enabled:
         from longpo.eval.lm_eval import run_short_tasks
@@ -246,7 +270,7 @@ def main(cfg: Config) -> int:
         s = cfg.short
         short = run_short_tasks(cfg.model, dict(s.tasks), out, s.include_path, dict(s.dataset_paths),
                                 s.batch_size, s.limit, s.dtype, offline=s.offline)
-    summary = summarize(results, skipped, short)
+    summary = summarize(results, skipped, short, judged)
     summary["model"] = cfg.model
     paths = write_summary(summary, out, title=f"longpo eval: {cfg.model}")
     if "niah_depth" in summary:
