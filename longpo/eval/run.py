@@ -1,11 +1,12 @@
-"""`longpo eval`: RULER, InfiniteBench and short-context tasks against one checkpoint, offline.
+"""`longpo eval`: RULER, InfiniteBench, short-context tasks and LLM-judged MT-Bench / LongBench-Chat.
 
     longpo eval --config configs/eval_tiny.yaml model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
 
 Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes
 from them), `summary.{json,csv,md}` in the paper's layout, `niah_depth.png` when the depth sweep is
-on, `short/<task>.json` (raw lm-eval results) and `resolved_config.yaml`.
+on, `short/<task>.json` (raw lm-eval results), `mt_bench/` and `longbench_chat/` (answers.jsonl and
+judgements.jsonl, both resumable; summary.json) and `resolved_config.yaml`.
 """
 
 from __future__ import annotations
