@@ -90,6 +90,7 @@ def test_rouge_lsum_on_raw_texts_worked_cases():
     tokeniser lower-cases and keeps [a-z0-9]+ runs; summary-level LCS; several references -> best F."""
     assert rouge_lsum("", ["Alice leaves home."]) == 0.0                           # empty prediction
     assert rouge_lsum("  ALICE,\tleaves home!!  ", ["alice leaves home"]) == pytest.approx(100.0)  # case, spaces
+    assert rouge_lsum("alice\x00leaves\x1fhome", ["alice leaves home"]) == pytest.approx(100.0)  # control chars split
     # two sentences on one line, swapped: tokens [c d a b] vs [a b c d], LCS 2 -> P = R = 1/2 -> 50
     # (splitting into sentences first, as this project did before, gives 100)
     assert rouge_lsum("C d. A b.", ["A b. C d."]) == pytest.approx(50.0)
