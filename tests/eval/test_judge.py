@@ -237,3 +237,22 @@ def test_kill_9_mid_judging_then_rerun_resumes_without_rejudging(tmp_path, check
     assert summary["mt_bench"]["categories"] == {"math": 4.5, "roleplay": 9.0, "writing": 7.0}
     assert summary["longbench_chat"]["overall"] == 6.5
     _assert_key_nowhere(out, logs, capsys.readouterr().out)
+
+
+def test_judge_client_retries_transient_errors_and_stops_on_others(monkeypatch):
+    """429/5xx are retried with backoff; a 401 stops at once with the server's message, never the key."""
+    from longpo.eval.judge import JudgeClient, JudgeConfig, JudgeError
+
+    monkeypatch.setenv("LONGPO_TEST_JUDGE_KEY", KEY)
+    script = iter([(503, {"error": "busy"}), (429, {"error": "slow down"}),
+                   (200, {"choices": [{"message": {"content": "[[7]]"}}]}), (401, {"error": "bad key"})])
+    server = LoopbackServer(lambda payload, headers: next(script))
+    try:
+        client = JudgeClient(JudgeConfig(base_url=server.url, api_key_env="LONGPO_TEST_JUDGE_KEY", backoff=0.01,
+                                         max_retries=3))
+        assert client.complete("sys", "user") == "[[7]]" and client.retries == 2
+        with pytest.raises(JudgeError, match="HTTP 401") as err:
+            client.complete("sys", "user")
+        assert KEY not in str(err.value) and KEY not in repr(client)
+    finally:
+        server.close()
