@@ -40,7 +40,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 @dataclass(kw_only=True)
 class JudgeConfig:
-    model: str = help_field("gpt-4", "judge model name sent to the endpoint (the paper's protocol judges with GPT-4)")
+    model: str = help_field("gpt-4", "judge model name sent to the endpoint (FastChat and LongAlign judge with gpt-4)")
     base_url: str = help_field("https://api.openai.com/v1", "OpenAI-compatible base URL (…/v1)")
     api_key_env: str = help_field("OPENAI_API_KEY", "name of the environment variable that holds the key "
                                   "(the key itself is never put in a config, log or output)")
