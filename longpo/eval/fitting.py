@@ -22,8 +22,11 @@ class PromptFormat:
     """Render and count prompts for one tokenizer.
 
     With `chat_template=True` (default) the user text goes through the tokenizer's chat template
-    with the generation prompt, and the answer prefix (e.g. RULER's "The special magic number for
-    ... is") starts the assistant turn. Without it the prompt is `bos + user + answer prefix`.
+    with the generation prompt, and the answer prefix (e.g. RULER's " The special magic number for
+    ... is") follows it verbatim, leading space included, as RULER's `prepare.py` appends it after
+    the model template. `history` holds earlier (user, assistant) turns, e.g. RULER CWE's one-shot
+    example, which RULER's template gives as a turn of its own. Without a chat template the prompt is
+    `bos + (user + assistant + newline for each earlier turn) + user + answer prefix`.
     """
 
     def __init__(self, tokenizer: Any, chat_template: bool = True, system_prompt: str | None = None):
@@ -36,17 +39,21 @@ class PromptFormat:
         self.chat_template = chat_template
         self.system_prompt = system_prompt
 
-    def render(self, user: str, answer_prefix: str = "") -> str:
+    def render(self, user: str, answer_prefix: str = "", history: list[tuple[str, str]] | None = None,
+               system_prompt: str | None = None) -> str:
+        """The exact text sent to the backend; `system_prompt` (chat only) overrides the format's own."""
+        history = history or []
         if not self.chat_template:
             bos = self.tokenizer.bos_token or ""
-            return f"{bos}{user}{answer_prefix}"
-        messages = [{"role": "user", "content": user}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+            shots = "".join(f"{u}{a}\n" for u, a in history)
+            return f"{bos}{shots}{user}{answer_prefix}"
+        system = system_prompt if system_prompt is not None else self.system_prompt
+        messages = [{"role": "system", "content": system}] if system else []
+        for u, a in history:
+            messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": user})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The generation prompt already ends the header; RULER's prefixes begin with a space meant
-        # for plain-text continuation.
-        return text + answer_prefix.lstrip()
+        return text + answer_prefix
 
     def count(self, text: str) -> int:
         """Tokens of a rendered prompt (special tokens are already in the text)."""

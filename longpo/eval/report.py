@@ -3,7 +3,8 @@
 RULER groups (as in the LongPO paper): NIAH = mean of the 8 niah tasks, VT, AGG = mean(cwe, fwe),
 QA = mean(qa_1, qa_2), AVG = plain mean of the 13 tasks; each per length and averaged over lengths.
 A group with members missing (skipped for lack of data) is the mean of those present and is marked
-with `*` in the Markdown table and a coverage entry in the JSON.
+with `*` in the Markdown table and a coverage entry in the JSON. MT-Bench (per category, per turn,
+overall) and LongBench-Chat are judge ratings on a 1-10 scale, shown with two decimals.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ RULER_GROUPS = {
 }
 RULER_GROUPS["AVG"] = [t for members in RULER_GROUPS.values() for t in members]
 IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
+# secondary metrics (`extra` of a task result), shown beside the official ones and left out of every average
+IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
 
 
@@ -39,8 +42,9 @@ def length_label(length: int) -> str:
     return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
-def summarize(results: list[dict], skipped: list[dict] | None = None, short: dict | None = None) -> dict:
-    """Fold per-task results (from `evaluate`) into the paper's tables."""
+def summarize(results: list[dict], skipped: list[dict] | None = None, short: dict | None = None,
+              judged: dict | None = None) -> dict:
+    """Fold per-task results (from `evaluate`), short-context scores and judged benchmarks into the paper's tables."""
     ruler = [r for r in results if r.get("suite") == "ruler" and "depth" not in r]
     lengths = sorted({r["length"] for r in ruler})
     per_task: dict[str, dict[str, float]] = {}
@@ -62,12 +66,16 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
         summary["ruler"] = {"lengths": lengths, "tasks": per_task, "groups": groups, "coverage": coverage}
     ib = {r["task"]: r["score"] for r in results if r.get("suite") == "infinitebench"}
     if ib:
-        summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values()))}
+        extra = {f"{r['task']}_{k}": v for r in results if r.get("suite") == "infinitebench"
+                 for k, v in r.get("extra", {}).items()}
+        summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values())), **extra}
     if short:
         summary["short"] = {**short, "avg": _mean(list(short.values()))}
     toy = {toy_label(r["length"]): r["score"] for r in results if r.get("suite") == "toy"}
     if toy:
         summary["toy"] = toy
+    for name, value in (judged or {}).items():
+        summary[name] = value
     depth = [r for r in results if r.get("suite") == "ruler" and "depth" in r]
     if depth:
         summary["niah_depth"] = depth_grid(depth)
@@ -82,8 +90,8 @@ def depth_grid(results: list[dict]) -> dict:
             "scores": [[cell.get((d, n)) for n in lengths] for d in depths]}
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -113,6 +121,10 @@ def to_markdown(summary: dict, title: str = "") -> str:
         keys = [k for k in IB_LABELS if k in ib]
         parts += ["## InfiniteBench", _md_table([IB_LABELS[k] for k in keys] + ["Avg"],
                                                 [[_fmt(ib[k]) for k in keys] + [_fmt(ib["avg"])]])]
+        extras = [k for k in IB_EXTRA_LABELS if k in ib]
+        if extras:
+            parts.append("Beside the official numbers (not in Avg): "
+                         + ", ".join(f"{IB_EXTRA_LABELS[k]} {_fmt(ib[k])}" for k in extras))
     if "short" in summary:
         sh = summary["short"]
         keys = [k for k in sh if k != "avg"]
@@ -120,6 +132,19 @@ def to_markdown(summary: dict, title: str = "") -> str:
                                                 [[_fmt(sh[k]) for k in keys] + [_fmt(sh["avg"])]])]
     if "toy" in summary:
         parts += ["## Toy fact lookup", _md_table(list(summary["toy"]), [[_fmt(v) for v in summary["toy"].values()]])]
+    if "mt_bench" in summary:
+        mt = summary["mt_bench"]
+        cats = list(mt["categories"])
+        parts += [f"## MT-Bench (judge: {mt.get('judge_model', '?')})",
+                  _md_table(cats + ["Turn 1", "Turn 2", "Overall"],
+                            [[_fmt(mt["categories"][c], 2) for c in cats]
+                             + [_fmt(mt[k], 2) for k in ("turn1", "turn2", "overall")]]),
+                  f"{mt['n']} judgements parsed, {mt['unparsable']} unparsable (left out of the means)"]
+    if "longbench_chat" in summary:
+        lc = summary["longbench_chat"]
+        parts += [f"## LongBench-Chat (judge: {lc.get('judge_model', '?')})",
+                  _md_table(["Overall"], [[_fmt(lc["overall"], 2)]]),
+                  f"{lc['n']} judgements parsed, {lc['unparsable']} unparsable (left out of the mean)"]
     if summary.get("skipped"):
         parts += ["## Skipped", "\n".join(f"- {s['task']}: {s['reason']}" for s in summary["skipped"])]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -132,11 +157,17 @@ def to_csv(summary: dict) -> str:
     for r in summary["tasks"]:
         writer.writerow([r.get("suite", ""), r.get("task", r.get("name", "")), r.get("length", ""),
                          r.get("depth", ""), r.get("metric", ""), _fmt(r["score"]), r.get("n", "")])
+        for key, value in r.get("extra", {}).items():
+            writer.writerow([r.get("suite", ""), f"{r.get('task', '')}_{key}", r.get("length", ""), "", key,
+                             _fmt(value), r.get("n", "")])
     for group, row in summary.get("ruler", {}).get("groups", {}).items():
         for key, value in row.items():
             writer.writerow(["ruler-group", group, key, "", "mean", _fmt(value), ""])
     for key, value in summary.get("short", {}).items():
         writer.writerow(["short", key, "", "", "accuracy", _fmt(value), ""])
+    for label, value in _judged_headline(summary).items():
+        suite, _, task = label.partition(" ")
+        writer.writerow([suite, task, "", "", "judge rating", _fmt(value, 2), ""])
     return buf.getvalue()
 
 
@@ -166,10 +197,26 @@ def headline(summary: dict) -> dict[str, float | None]:
             flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
     if "infinitebench" in summary:
         flat["InfiniteBench avg"] = summary["infinitebench"]["avg"]
+    for key, label in IB_EXTRA_LABELS.items():
+        if key in summary.get("infinitebench", {}):
+            flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
     for key, value in summary.get("short", {}).items():
         flat[f"short {SHORT_LABELS.get(key, key)}"] = value
     for key, value in summary.get("toy", {}).items():
         flat[f"fact QA {key}"] = value
+    flat.update(_judged_headline(summary))
+    return flat
+
+
+def _judged_headline(summary: dict) -> dict[str, float | None]:
+    flat: dict[str, float | None] = {}
+    if "mt_bench" in summary:
+        mt = summary["mt_bench"]
+        for category, value in mt["categories"].items():
+            flat[f"MT-Bench {category}"] = value
+        flat.update({"MT-Bench turn1": mt["turn1"], "MT-Bench turn2": mt["turn2"], "MT-Bench overall": mt["overall"]})
+    if "longbench_chat" in summary:
+        flat["LongBench-Chat overall"] = summary["longbench_chat"]["overall"]
     return flat
 
 
@@ -182,8 +229,9 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
     lines = [f"{'':<{width}}  {name_a:>{col}}  {name_b:>{col}}  {'delta':>8}"]
     for label in labels:
         va, vb = ha.get(label), hb.get(label)
-        delta = f"{vb - va:+8.1f}" if va is not None and vb is not None else f"{'-':>8}"
-        lines.append(f"{label:<{width}}  {_fmt(va):>{col}}  {_fmt(vb):>{col}}  {delta}")
+        digits = 2 if label.startswith(("MT-Bench", "LongBench-Chat")) else 1  # 1-10 judge ratings
+        delta = f"{vb - va:+8.{digits}f}" if va is not None and vb is not None else f"{'-':>8}"
+        lines.append(f"{label:<{width}}  {_fmt(va, digits):>{col}}  {_fmt(vb, digits):>{col}}  {delta}")
     return "\n".join(lines)
 
 

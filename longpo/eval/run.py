@@ -1,11 +1,12 @@
-"""`longpo eval`: RULER, InfiniteBench and short-context tasks against one checkpoint, offline.
+"""`longpo eval`: RULER, InfiniteBench, short-context tasks and LLM-judged MT-Bench / LongBench-Chat.
 
     longpo eval --config configs/eval_tiny.yaml model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
 
 Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes
 from them), `summary.{json,csv,md}` in the paper's layout, `niah_depth.png` when the depth sweep is
-on, `short/<task>.json` (raw lm-eval results) and `resolved_config.yaml`.
+on, `short/<task>.json` (raw lm-eval results), `mt_bench/` and `longbench_chat/` (answers.jsonl and
+judgements.jsonl, both resumable; summary.json) and `resolved_config.yaml`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from longpo.config import help_field, write_resolved_config
 from longpo.errors import InputError
 from longpo.eval.fitting import PromptFormat, PromptTooLong
 from longpo.eval.haystack import DataMissing
+from longpo.eval.judge import JudgeConfig
+from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
-from longpo.eval.tasks.infinitebench import DEFAULT_FILES, TASKS, InfiniteBenchTask
+from longpo.eval.tasks.infinitebench import DEFAULT_FILES, TASKS, TRUNCATIONS, InfiniteBenchTask
+from longpo.eval.tasks.longbench_chat import LongBenchChatConfig
+from longpo.eval.tasks.mtbench import MTBenchConfig
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
 from longpo.models import check_local, max_positions
@@ -72,14 +77,23 @@ class InfiniteBenchConfig:
     tasks: list[str] = help_field(["en_sum", "en_qa", "en_mc"], "InfiniteBench tasks")
     data_dir: str | None = help_field(None, "folder with longbook_sum_eng.jsonl, longbook_qa_eng.jsonl, longbook_choice_eng.jsonl")
     files: dict = help_field({}, "per-task file overrides, e.g. {en_qa: /data/qa.jsonl}")
-    max_length: int = help_field(131072, "token budget of prompt + generation; the book is cut in the middle to fit")
+    max_length: int = help_field(131072, "official: the filled prompt is cut in the middle to this many tokens (128 x 1024, "
+                                 "no room kept for the answer); fit: prompt + generation fit it")
+    truncation: str = help_field("official", "official (InfiniteBench's truncate_by_tokens on the whole prompt, with "
+                                 "system_prompt for chat models) or fit (cut the book only, leave room for the answer; "
+                                 "not comparable with published numbers)")
+    system_prompt: str | None = help_field("You are a helpful assistant.", "system turn of chat models under "
+                                           "truncation=official (InfiniteBench's create_system_msg); null: the chat "
+                                           "template's own default")
     num_samples: int = help_field(-1, "examples per task (-1: all)")
-    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum")
+    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum (the official scorer uses none)")
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"infinitebench.tasks: unknown {unknown}; choose from {TASKS}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"infinitebench.truncation={self.truncation!r}: choose from {TRUNCATIONS}")
         self.max_length = int(self.max_length)
 
 
@@ -129,6 +143,10 @@ class Config:
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
     toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
+    mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")
+    longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
+                                                     help="LongBench-Chat (LLM judge) settings")
+    judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -209,7 +227,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 continue
             add(tasks, f"infinitebench/{name}",
                 lambda name=name, path=path: InfiniteBenchTask(
-                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer))
+                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     t = cfg.toy
     if t.enabled:
         for length in ([SHORT] if t.short else []) + t.lengths:
@@ -223,18 +241,34 @@ def main(cfg: Config) -> int:
     write_resolved_config(cfg, out)
     results: list[dict] = []
     skipped: list[dict] = []
-    if cfg.ruler.enabled or cfg.infinitebench.enabled or cfg.toy.enabled:
-        fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
-        tasks, sweep, skipped = build_tasks(cfg, fmt)
-        for s in skipped:
-            print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-        if tasks or sweep:
+    judged: dict = {}
+    backend = None
+
+    def get_backend():  # loaded once, and only when something needs generating
+        nonlocal backend
+        if backend is None:
             backend = make_backend(cfg)
-            try:
-                sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-                results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
-            finally:
-                backend.close()
+        return backend
+
+    try:
+        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
+        generative = (cfg.ruler.enabled, cfg.infinitebench.enabled, cfg.toy.enabled)
+        if any(generative) or cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+            fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
+        if any(generative):
+            tasks, sweep, skipped = build_tasks(cfg, fmt)
+            for s in skipped:
+                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+            if tasks or sweep:
+                results = evaluate(get_backend(), tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
+        if cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+            before = len(skipped)
+            judged = run_judged(cfg, fmt, get_backend, out, sampling, skipped)
+            for s in skipped[before:]:
+                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+    finally:
+        if backend is not None:
+            backend.close()
     short = None
     if cfg.short.enabled:
         from longpo.eval.lm_eval import run_short_tasks
@@ -242,7 +276,7 @@ def main(cfg: Config) -> int:
         s = cfg.short
         short = run_short_tasks(cfg.model, dict(s.tasks), out, s.include_path, dict(s.dataset_paths),
                                 s.batch_size, s.limit, s.dtype, offline=s.offline)
-    summary = summarize(results, skipped, short)
+    summary = summarize(results, skipped, short, judged)
     summary["model"] = cfg.model
     paths = write_summary(summary, out, title=f"longpo eval: {cfg.model}")
     if "niah_depth" in summary:

@@ -5,10 +5,16 @@
 the task to score each prediction, and appends one JSON line per example to
 `out_dir/predictions/<task name>.jsonl`. A rerun reads those files and generates only what is
 missing; a torn last line (a kill mid-write) is dropped and redone.
+
+Two optional task hooks: `aggregate(scores) -> float` (the task's reported score from its per-example
+scores; the plain mean when absent - RULER rounds it to 2 decimals as the official evaluator does) and
+`extra_scores(example, prediction) -> {name: score}` (secondary metrics reported beside the main one,
+e.g. a lenient letter reader next to the official En.MC parser).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -16,6 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from longpo.backends.base import Sampling
 from longpo.files import append_jsonl, read_jsonl
 
 
@@ -71,8 +80,6 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
             )
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         bar = tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex", dynamic_ncols=True)
     started = time.perf_counter()
     for start in range(0, len(todo), batch_size):
@@ -85,6 +92,9 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         for i, ex, pred in zip(indices, examples, predictions):
             row = {"index": i, "id": ex.get("id", i), "prediction": pred, "score": float(task.score(ex, pred)),
                    "prompt_sha1": prompt_digest(ex["prompt"])}
+            extra = task.extra_scores(ex, pred) if hasattr(task, "extra_scores") else {}
+            if extra:
+                row["extra"] = {k: float(v) for k, v in extra.items()}
             row.update({k: v for k, v in ex.items() if k not in ("prompt", "id") and k not in row})
             append_jsonl(path, row)
             done[i] = row
@@ -94,20 +104,27 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         bar.close()
     rows = [done[i] for i in range(n) if i in done]
     scores = [r["score"] for r in rows]
-    return {
+    aggregate = getattr(task, "aggregate", _mean)
+    result = {
         "task": task.name,
         **dict(getattr(task, "metadata", {})),
-        "score": sum(scores) / len(scores) if scores else float("nan"),
+        "score": aggregate(scores) if scores else float("nan"),
         "n": len(scores),
         "seconds": round(time.perf_counter() - started, 3),
         "predictions": str(path),
     }
+    extra_names = sorted({k for r in rows for k in r.get("extra", {})})
+    if extra_names:
+        result["extra"] = {k: _mean([r["extra"][k] for r in rows if k in r.get("extra", {})]) for k in extra_names}
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _sampling_for(sampling: Any, max_new_tokens: int) -> Any:
     """The run's sampling settings with the task's generation length."""
-    import dataclasses
-
     return dataclasses.replace(sampling, max_new_tokens=max_new_tokens)
 
 
@@ -119,8 +136,6 @@ def evaluate(backend: Any, tasks: Iterable[Any], out_dir: str | os.PathLike, sam
     replaced by each task's own generation length.
     """
     if sampling is None:
-        from longpo.backends.base import Sampling
-
         sampling = Sampling(temperature=0.0)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,11 +1,26 @@
-"""Metrics of RULER and InfiniteBench, each a pure function of (prediction, references) -> score in [0, 100].
+"""Metrics of RULER and InfiniteBench as their official scorers compute them; each score is on a 0-100 scale.
 
-- `string_match_all` (RULER niah / vt / cwe / fwe): share of references found in the prediction,
-  case-insensitive.
-- `string_match_part` (RULER qa): 100 if any reference is found in the prediction.
-- `rouge_lsum` (InfiniteBench En.Sum): ROUGE-Lsum F1 from `rouge_score`, max over references.
-- `qa_f1` (InfiniteBench En.QA): SQuAD token F1 after answer normalisation, max over references.
-- `choice_accuracy` (InfiniteBench En.MC): 100 if the letter read from the prediction is the gold one.
+Official behaviour followed (read from the public code; re-implemented here):
+
+- RULER (NVIDIA/RULER `scripts/eval/evaluate.py`, `scripts/eval/synthetic/constants.py`): every
+  prediction first goes through `postprocess_pred` (strip, control characters \\x00-\\x1f turned
+  into newlines, strip again). `string_match_all` (niah, vt, cwe, fwe) is the share of references
+  found in the prediction, `string_match_part` (qa) is 1 when any reference is found; both
+  compare lower-cased strings. A task's score is the mean x 100 rounded to two decimals
+  (`ruler_task_score`).
+- InfiniteBench (OpenBMB/InfiniteBench `src/compute_scores.py`):
+  En.Sum `get_score_one_longbook_sum_eng`: ROUGE-Lsum F1 of the `evaluate` "rouge" metric on the raw
+  texts, i.e. `rouge_score` without stemming, where a "sentence" is a line (text between newlines);
+  several references give the best one (`score_multi`).
+  En.QA `qa_f1_score`: SQuAD token F1 after `normalize_answer` (lower case, punctuation dropped,
+  articles a/an/the dropped, whitespace collapsed), the best over references.
+  En.MC `get_score_one_longbook_choice_eng`: the first character if it is A-D; else the whole
+  prediction equal to a label; else the text after the first "answer is:", "answer:", "answer is"
+  or "option is" must start with the gold option text or letter; else the first word that is a
+  substring of "ABCD". The labels are [gold option text, gold letter].
+
+`extract_choice` / `choice_accuracy_lenient` are this project's own, more forgiving letter reader
+("(B)", "**B**", "Answer: B"); they are reported beside the official En.MC number, never instead of it.
 """
 
 from __future__ import annotations
@@ -15,8 +30,19 @@ import re
 import string
 from collections import Counter
 
+# ---------------------------------------------------------------------------------------------
+# RULER
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def postprocess_pred(prediction: str) -> str:
+    """RULER's `postprocess_pred`: strip, control characters (\\x00-\\x1f, newline and tab included) -> newline, strip."""
+    return _CONTROL.sub("\n", prediction.strip()).strip()
+
 
 def string_match_all(prediction: str, references: list[str]) -> float:
+    """100 x (references found in the prediction, case-insensitive) / (references), for one example."""
     if not references:
         raise ValueError("string_match_all needs at least one reference")
     pred = prediction.lower()
@@ -24,17 +50,26 @@ def string_match_all(prediction: str, references: list[str]) -> float:
 
 
 def string_match_part(prediction: str, references: list[str]) -> float:
+    """100 if any reference is in the prediction (case-insensitive), for one example."""
     if not references:
         raise ValueError("string_match_part needs at least one reference")
     pred = prediction.lower()
     return 100.0 * max(r.lower() in pred for r in references)
 
 
+def ruler_task_score(scores: list[float]) -> float:
+    """A RULER task's reported score: the mean of the per-example scores (0-100), rounded to 2 decimals."""
+    return round(sum(scores) / len(scores), 2) if scores else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# InfiniteBench En.QA
+
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, drop punctuation and articles, collapse whitespace."""
+    """SQuAD normalisation as `normalize_answer`: lower case, drop punctuation, drop articles, collapse whitespace."""
     text = text.lower().translate(_NO_PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -56,6 +91,10 @@ def qa_f1(prediction: str, references: list[str]) -> float:
     return 100.0 * max(token_f1(prediction, r) for r in references)
 
 
+# ---------------------------------------------------------------------------------------------
+# InfiniteBench En.Sum
+
+
 @functools.lru_cache(maxsize=2)
 def _rouge_scorer(use_stemmer: bool):
     try:
@@ -65,21 +104,63 @@ def _rouge_scorer(use_stemmer: bool):
     return rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=use_stemmer)
 
 
-def _one_sentence_per_line(text: str) -> str:
-    from longpo.eval.haystack import split_sentences
-
-    return "\n".join(split_sentences(text.strip()))
-
-
 def rouge_lsum(prediction: str, references: list[str], use_stemmer: bool = False) -> float:
-    """ROUGE-Lsum F1 x100; sentences are put on their own lines, as rougeLsum expects."""
+    """ROUGE-Lsum F1 x 100 on the raw texts (sentences are the lines), the best over references.
+
+    The texts are not re-split into sentences: the official scorer passes them to `rouge_score` as they
+    are, so a one-paragraph summary is one "sentence" and the score is close to plain ROUGE-L.
+    """
     if not references:
         raise ValueError("rouge_lsum needs at least one reference")
-    if not prediction.strip():
-        return 0.0
-    scorer = _rouge_scorer(use_stemmer)
-    pred = _one_sentence_per_line(prediction)
-    return 100.0 * max(scorer.score(_one_sentence_per_line(r), pred)["rougeLsum"].fmeasure for r in references)
+    return 100.0 * _rouge_scorer(use_stemmer).score_multi(list(references), prediction)["rougeLsum"].fmeasure
+
+
+# ---------------------------------------------------------------------------------------------
+# InfiniteBench En.MC
+
+_MC_SEPARATORS = ["\n", '"', "'", ".", ",", "?", "!", "{", "}"]
+_MC_PREFIXES = ["answer is:", "answer:", "answer is", "option is"]
+
+
+def choice_labels(gold_letter: str, options: list[str] | None) -> list[str]:
+    """The official ground truth of an En.MC example: [gold option text, gold letter] (`get_answer`)."""
+    if options:
+        return [options["ABCD".index(gold_letter)], gold_letter]
+    return [gold_letter]
+
+
+def choice_correct(prediction: str, labels: list[str]) -> bool:
+    """`get_score_one_longbook_choice_eng`: is the free-form prediction the gold option?
+
+    Case-sensitive throughout, as the official code: "answer is" must be lower case, and a leading
+    capital A-D decides alone ("Answer: B" reads as A).
+    """
+    pred = prediction.strip()
+    if not pred:
+        return False
+    if pred[0] in "ABCD":
+        return pred[0] in labels
+    if pred in labels:
+        return True
+    for c in _MC_SEPARATORS:
+        pred = pred.replace(c, " ")
+    while "  " in pred:
+        pred = pred.replace("  ", " ")
+    for prefix in _MC_PREFIXES:
+        idx = pred.find(prefix)
+        if idx == -1:
+            continue
+        after = pred[idx + len(prefix) + 1:]
+        return bool(after) and any(after.startswith(s) for s in labels)
+    for word in pred.split():
+        if word in "ABCD":  # a substring test, as upstream: "AB" counts as a word in "ABCD"
+            return word in labels
+    return False
+
+
+def choice_accuracy(prediction: str, gold_letter: str, options: list[str] | None = None) -> float:
+    """Official En.MC accuracy (0 or 100) of one prediction."""
+    return 100.0 * choice_correct(prediction, choice_labels(gold_letter, options))
 
 
 _LETTER_PATTERNS = [
@@ -92,7 +173,7 @@ _LETTER_PATTERNS = [
 
 
 def extract_choice(prediction: str, options: list[str] | None = None) -> str | None:
-    """The option letter (A-D) a free-form answer picks, or None.
+    """Lenient reader (this project's, not official): the option letter (A-D) a free-form answer picks, or None.
 
     Tries explicit letter forms first ("B", "(B)", "B. text", "The answer is B", "option B"), then
     the text of exactly one option appearing in the prediction.
@@ -112,5 +193,6 @@ def extract_choice(prediction: str, options: list[str] | None = None) -> str | N
     return None
 
 
-def choice_accuracy(prediction: str, gold_letter: str, options: list[str] | None = None) -> float:
+def choice_accuracy_lenient(prediction: str, gold_letter: str, options: list[str] | None = None) -> float:
+    """100 if `extract_choice` reads the gold letter; reported as `en_mc_lenient`, beside the official score."""
     return 100.0 * (extract_choice(prediction, options) == gold_letter)

@@ -70,17 +70,22 @@ def test_infinitebench_tasks(tmp_path, data_dir, fmt, tokenizer, scripted_backen
              InfiniteBenchTask("en_mc", ib / "longbook_choice_eng.jsonl", fmt, max_length=600, num_samples=2)]
     assert [t.max_new_tokens for t in tasks] == [1200, 40, 40]
     ex = tasks[1].get_example(1)
-    assert ex["truncated"] and ex["prompt_tokens"] + 40 <= 600
+    # official truncation: the filled prompt is cut to 600 tokens (no room kept for the answer), then
+    # the chat template with InfiniteBench's system prompt goes around it
+    assert ex["truncated"] and 600 < ex["prompt_tokens"] < 600 + 40
+    assert ex["prompt"].startswith("<s><|system|>\nYou are a helpful assistant.<|end|>\n<|user|>\n")
     book = json.loads((ib / "longbook_qa_eng.jsonl").read_text().splitlines()[1])["context"]
     assert book[:40] in ex["prompt"] and book[-40:] in ex["prompt"]  # first and last parts kept
     assert "Question: Who is hero 1?\n\nBe very concise." in ex["prompt"]
     mc = tasks[2].get_example(0)
     assert mc["gold"] == "B" and "B. blue\nC. green" in mc["prompt"]
 
-    answers = {"Summarize": "A summary of book 0.", "hero": "Hero 1", "Which option": "The answer is (B)."}
+    # "The answer is B." reads as B under the official parser ("(B)" would not: see test_official_scoring)
+    answers = {"Summarize": "A summary of book 0.", "hero": "Hero 1", "Which option": "The answer is B."}
     backend = scripted_backend(tokenizer, lambda p: next(v for k, v in answers.items() if k in p))
     results = {r["task"]: r for r in evaluate(backend, tasks, tmp_path, progress=False)}
     assert results["en_mc"]["score"] == 100.0 and results["en_mc"]["n"] == 2
+    assert results["en_mc"]["extra"] == {"lenient": 100.0}
     # "Hero 1" vs "Hero 0" / "Hero 1" / "Hero 2": token F1 0.5, 1, 0.5
     assert results["en_qa"]["score"] == pytest.approx(200 / 3)
     # "a summary of book 0" vs "... book 1": LCS 4 of 5 tokens -> F 0.8; exact on example 0

@@ -13,6 +13,23 @@ length) by binary search on a probe sample, then shrunk per sample if that sampl
     cwe      the 10 most common words of a numbered list, one-shot        string_match_all
     fwe      the 3 most frequent coded words of a Zipf(2) text            string_match_all
     qa_1/2   SQuAD / HotpotQA question over gold + distractor documents  string_match_part
+
+Protocol points that follow NVIDIA/RULER (`scripts/data/prepare.py`, `scripts/data/synthetic/*.py`,
+`scripts/eval/evaluate.py`) because they move the scores:
+- the answer prefix is appended after the chat template with its leading space;
+- qa_1 / qa_2 (`qa.py`): sample i asks question i of the file (file order, not a random draw); the
+  gold document(s) come first, then same-article distractors, then random others; when the haystack
+  needs more documents than the file holds, all documents are repeated in sorted order and cut to
+  size; the list is then shuffled with a fresh `random.Random(seed)`, so for a given haystack size
+  the gold document sits at the same position in every sample. The size is fitted on question 0
+  and cut by 10 documents for a sample that runs long;
+- cwe (`common_words_extraction.py`): the word list is shuffled with a fresh `random.Random(seed)`,
+  and the one-shot example is an earlier (user, assistant) turn, not part of the question's message;
+- predictions pass through `postprocess_pred` before matching, and a task's score is the mean
+  rounded to two decimals.
+The random draws themselves (keys, values, distractors) come from our per-sample RNG: RULER's
+global RNG stream depends on its tokenizer calls during sizing, so its exact samples cannot be
+reproduced, only their distribution.
 """
 
 from __future__ import annotations
@@ -25,7 +42,7 @@ from dataclasses import dataclass, field
 
 from longpo.eval import haystack as hs
 from longpo.eval.fitting import PromptFormat, PromptTooLong, fit_size
-from longpo.eval.scoring import string_match_all, string_match_part
+from longpo.eval.scoring import postprocess_pred, ruler_task_score, string_match_all, string_match_part
 
 TEMPLATES = {
     "niah": (
@@ -38,7 +55,7 @@ TEMPLATES = {
         "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
         "Question: Find all variables that are assigned the value {query} in the text above.",
         " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-        "assgined the value {query}, they are: ",
+        "assigned the value {query}, they are: ",
     ),
     "cwe": (
         "Below is a numbered list of words. In these words, some appear more often than others. "
@@ -133,7 +150,7 @@ def _join_queries(queries: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Builders: (spec, rng, size, ...) -> (user text, answer prefix, answers)
+# Builders: (spec, rng, size, ...) -> (user text, answer prefix, answers[, earlier turns])
 
 
 def build_niah(spec: Spec, rng: random.Random, size: int, essay_words=None, depth: float | None = None):
@@ -218,7 +235,8 @@ def build_vt(spec: Spec, rng: random.Random, size: int, icl_size: int):
     return example + user, prefix, answers
 
 
-def _cwe_list(rng: random.Random, num_words: int, common: int, common_reps: int, uncommon_reps: int):
+def _cwe_list(rng: random.Random, num_words: int, common: int, common_reps: int, uncommon_reps: int,
+              shuffle_seed: int):
     words = _cwe_words()
     if num_words <= len(words):
         picked = rng.sample(words, num_words)
@@ -227,21 +245,22 @@ def _cwe_list(rng: random.Random, num_words: int, common: int, common_reps: int,
         rng.shuffle(picked)
     top, rest = picked[:common], picked[common:]
     items = top * common_reps + rest * uncommon_reps
-    rng.shuffle(items)
+    random.Random(shuffle_seed).shuffle(items)  # RULER shuffles with a fresh RNG of the run's seed
     return " ".join(f"{i + 1}. {w}" for i, w in enumerate(items)), top
 
 
-def build_cwe(spec: Spec, rng: random.Random, size: int, length: int):
+def build_cwe(spec: Spec, rng: random.Random, size: int, length: int, seed: int):
+    """The question, and the one-shot example as an earlier (user, assistant) turn."""
     n_cw = spec.extra["num_cw"]
     if length < 4096:
-        ex_ctx, ex_ans = _cwe_list(rng, 20, n_cw, 3, 1)
-        ctx, ans = _cwe_list(rng, n_cw + size, n_cw, 6, 1)
+        ex_ctx, ex_ans = _cwe_list(rng, 20, n_cw, 3, 1, seed)
+        ctx, ans = _cwe_list(rng, n_cw + size, n_cw, 6, 1, seed)
     else:
-        ex_ctx, ex_ans = _cwe_list(rng, 40, n_cw, 10, 3)
-        ctx, ans = _cwe_list(rng, n_cw + size, n_cw, spec.extra["freq_cw"], spec.extra["freq_ucw"])
+        ex_ctx, ex_ans = _cwe_list(rng, 40, n_cw, 10, 3, seed)
+        ctx, ans = _cwe_list(rng, n_cw + size, n_cw, spec.extra["freq_cw"], spec.extra["freq_ucw"], seed)
     template, prefix = TEMPLATES["cwe"]
-    example = template.format(context=ex_ctx) + prefix + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_ans))
-    return example + "\n" + template.format(context=ctx), prefix, ans
+    shot = (template.format(context=ex_ctx), prefix + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_ans)))
+    return template.format(context=ctx), prefix, ans, [shot]
 
 
 def _zeta(alpha: float, terms: int = 10_000) -> float:
@@ -266,18 +285,31 @@ def build_fwe(spec: Spec, rng: random.Random, size: int, length: int):
     return template.format(context=" ".join(text)), prefix, words[1:4]
 
 
-def build_qa(spec: Spec, rng: random.Random, size: int, qa: dict, docs: list[str]):
+def qa_documents(rng: random.Random, size: int, qa: dict, num_docs: int, seed: int) -> list[int]:
+    """Document indices of a QA haystack of `size` documents, in prompt order (RULER `qa.py`).
+
+    Below the supply: gold documents, then the article's other paragraphs (sampled when there are
+    more than needed), then random others. At or above it: every document in sorted order, repeated
+    and cut to `size`. Then one shuffle by a fresh `random.Random(seed)`, which depends only on the
+    list's length, so the gold document's position is the same for every question at this size.
+    """
     gold, more = list(qa["context"]), list(qa["more_context"])
-    if size < len(docs):
+    if size < num_docs:
         if size - len(gold) > len(more):
             used = set(gold + more)
-            others = [i for i in range(len(docs)) if i not in used]
-            picked = gold + more + rng.sample(others, min(len(others), size - len(gold) - len(more)))
+            others = [i for i in range(num_docs) if i not in used]
+            picked = gold + more + rng.sample(others, size - len(gold) - len(more))
         else:
             picked = gold + rng.sample(more, max(0, size - len(gold)))
     else:
-        picked = list(range(len(docs)))
-    rng.shuffle(picked)
+        repeats = -(-size // num_docs)
+        picked = (list(range(num_docs)) * repeats)[:size]
+    random.Random(seed).shuffle(picked)
+    return picked
+
+
+def build_qa(spec: Spec, rng: random.Random, size: int, qa: dict, docs: list[str], seed: int):
+    picked = qa_documents(rng, size, qa, len(docs), seed)
     context = "\n\n".join(f"Document {j + 1}:\n{docs[d]}" for j, d in enumerate(picked))
     template, prefix = TEMPLATES["qa"]
     return template.format(context=context, query=qa["query"]), prefix, list(qa["outputs"])
@@ -316,7 +348,9 @@ class RulerTask:
             self._qas, self._docs = (hs.read_squad if dataset == "squad" else hs.read_hotpotqa)(path)
             if not self._qas:
                 raise ValueError(f"{path}: no answerable questions")
-            self._order = random.Random(seed).sample(range(len(self._qas)), len(self._qas))
+            if num_samples > len(self._qas):
+                raise ValueError(f"{path}: {len(self._qas)} answerable questions, fewer than "
+                                 f"ruler.num_samples={num_samples} (RULER asks the first N in file order)")
         hs.wonderwords_lists()  # fail at construction, not mid-run, when the word lists are missing
         self._size: int | None = None
         self._icl_size: int | None = None
@@ -324,21 +358,18 @@ class RulerTask:
     def num_examples(self) -> int:
         return self.num_samples
 
-    def _build(self, rng: random.Random, size: int, i: int):
+    def _build(self, rng: random.Random, size: int, i: int) -> tuple[str, str, list[str], list[tuple[str, str]]]:
+        """(user text, answer prefix, answers, earlier turns) of sample `i` at haystack `size`."""
         family = self.spec.family
         if family == "niah":
-            return build_niah(self.spec, rng, size, self._essay_words, self.depth)
+            return (*build_niah(self.spec, rng, size, self._essay_words, self.depth), [])
         if family == "vt":
-            return build_vt(self.spec, rng, size, self._fit_icl())
+            return (*build_vt(self.spec, rng, size, self._fit_icl()), [])
         if family == "cwe":
-            return build_cwe(self.spec, rng, size, self.length)
+            return build_cwe(self.spec, rng, size, self.length, self.seed)
         if family == "fwe":
-            return build_fwe(self.spec, rng, size, self.length)
-        qa = self._qas[self._order[i % len(self._qas)]]
-        return build_qa(self.spec, rng, size, qa, self._docs)
-
-    def _tokens(self, user: str, prefix: str) -> int:
-        return self.fmt.count(self.fmt.render(user, prefix)) + self.max_new_tokens
+            return (*build_fwe(self.spec, rng, size, self.length), [])
+        return (*build_qa(self.spec, rng, size, self._qas[i], self._docs, self.seed), [])
 
     def _rng(self, i: int | str) -> random.Random:
         return random.Random(f"{self.seed}:{self.task}:{self.length}:{self.depth}:{i}")
@@ -364,13 +395,12 @@ class RulerTask:
 
             def measure(n: int) -> int:
                 probe.setstate(state)
-                user, prefix, _ = self._build(probe, n, 0)
-                return self._tokens(user, prefix)
+                user, prefix, _, shots = self._build(probe, n, 0)
+                return self.fmt.count(self.fmt.render(user, prefix, shots)) + self.max_new_tokens
 
             start = max(8, self.length // 64)
             try:
-                upper = len(self._docs) if self._docs is not None else None
-                self._size = fit_size(measure, self.length, start=start, what=self.name, upper=upper)
+                self._size = fit_size(measure, self.length, start=start, what=self.name)
             except PromptTooLong as e:
                 raise PromptTooLong(f"{e}; target length {self.length} is too short for {self.task}") from e
         return self._size
@@ -380,17 +410,21 @@ class RulerTask:
             raise IndexError(f"{self.name}: example {i} out of range [0, {self.num_samples})")
         size = self.fitted_size()
         while True:
-            user, prefix, answers = self._build(self._rng(i), size, i)
-            prompt = self.fmt.render(user, prefix)
+            user, prefix, answers, shots = self._build(self._rng(i), size, i)
+            prompt = self.fmt.render(user, prefix, shots)
             n_tokens = self.fmt.count(prompt)
             if n_tokens + self.max_new_tokens <= self.length:
                 break
             if size <= 1:
                 raise PromptTooLong(f"{self.name}: example {i} does not fit {self.length} tokens")
-            size -= max(1, size // 100)
+            # RULER's qa.py steps down 10 documents at a time; elsewhere 1% keeps the haystack full
+            size = max(1, size - 10) if self.spec.family == "qa" else size - max(1, size // 100)
         return {"id": f"{self.name}/{i}", "prompt": prompt, "answers": answers,
                 "prompt_tokens": n_tokens, "haystack_size": size}
 
     def score(self, example: dict, prediction: str) -> float:
         fn = string_match_part if self.metric == "string_match_part" else string_match_all
-        return fn(prediction, example["answers"])
+        return fn(postprocess_pred(prediction), example["answers"])
+
+    def aggregate(self, scores: list[float]) -> float:
+        return ruler_task_score(scores)
