@@ -23,6 +23,7 @@ stages and resumes an unfinished one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -178,8 +179,6 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
 
 def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     """Accuracy against document length, one line per model (short documents at the left)."""
-    import os
-
     try:
         import matplotlib
     except ImportError:

@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -72,11 +78,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0) -> Any:
     return fast
 
 
-ARCHITECTURES = {
-    "llama": ("transformers", "LlamaConfig"),
-    "mistral": ("transformers", "MistralConfig"),
-    "qwen2": ("transformers", "Qwen2Config"),
-}
+ARCHITECTURES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
 
 
 def tiny_model_config(
@@ -92,12 +94,9 @@ def tiny_model_config(
     **extra: Any,
 ) -> Any:
     """A small config of one of the supported architectures (Llama, Mistral, Qwen2)."""
-    import importlib
-
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    module, cls_name = ARCHITECTURES[arch]
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = ARCHITECTURES[arch]
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
