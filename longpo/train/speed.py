@@ -171,15 +171,27 @@ def apply_speed_options(model: Any, cfg: Any) -> Any:
 @dataclass(frozen=True)
 class ActivationBytes:
     """Device bytes kept between forward and backward (`saved`), the extra peak of rebuilding one
-    checkpointed (or offloaded) region in the backward (`recompute`), and the bytes kept on the host."""
+    checkpointed (or offloaded) region in the backward (`recompute`), the backward's own gradient
+    buffers inside one layer (`backward`: the MLP's three T x I gradients, its largest), and the bytes
+    kept on the host."""
 
     saved: int
     recompute: int
     host: int
+    backward: int = 0
 
     @property
     def peak(self) -> int:
-        return self.saved + self.recompute
+        return self.saved + self.recompute + self.backward
+
+
+def estimate_peak_bytes(act: ActivationBytes, params: int, weight_bytes: float = 2, grad_bytes: float = 2,
+                        optimizer_bytes: float = 0) -> int:
+    """Device peak of a training step: weights + optimizer state + the larger of (activations kept,
+    gradients) + one recomputed region + the backward's buffers. The kept activations are freed layer by
+    layer while the gradients fill up, so their sum is largest at one end of the backward."""
+    weights = params * (weight_bytes + optimizer_bytes)
+    return int(weights + max(act.saved, params * grad_bytes) + act.recompute + act.backward)
 
 
 def _spans(row: int | SharedPrefixLayout) -> tuple[int, int, int, int]:
@@ -245,8 +257,9 @@ def estimate_activation_bytes(config: Any, row: int | SharedPrefixLayout, mode: 
         layer recomputed   its input (b D per token) kept; the backward rebuilds one layer at a time
         MLP recomputed     the MLP's 4 I b dropped; the backward rebuilds one MLP at a time
         offload            what the layers keep moves to the host; one layer's share comes back at a time
-    plus `model_saved_bytes`. Not counted: weights, gradients, optimizer states, the gradient buffers of
-    the backward, one chunk of logits (`logps.auto_chunk_size`), attention kernel workspace.
+    plus `model_saved_bytes`; `backward` = 3 T I b. Not counted here: weights, gradients and optimizer
+    states (`estimate_peak_bytes` adds them), one chunk of logits (`logps.auto_chunk_size`), attention
+    kernel workspace.
     """
     parts = layer_saved_bytes(config, row, dtype_bytes, materialized_masks)
     tokens = _spans(row)[0]
@@ -261,7 +274,8 @@ def estimate_activation_bytes(config: Any, row: int | SharedPrefixLayout, mode: 
         else:
             kept += layer
     fixed = model_saved_bytes(config, row, targets, dtype_bytes)
+    grads = 3 * tokens * config.intermediate_size * dtype_bytes
     if offload:
         back = max(layer_input if mode in ("full", "every_k") else 0, layer - (mlp if mode == "mlp" else 0))
-        return ActivationBytes(saved=fixed, recompute=max(rebuilt, back), host=kept)
-    return ActivationBytes(saved=fixed + kept, recompute=rebuilt, host=0)
+        return ActivationBytes(saved=fixed, recompute=max(rebuilt, back), host=kept, backward=grads)
+    return ActivationBytes(saved=fixed + kept, recompute=rebuilt, host=0, backward=grads)

@@ -305,3 +305,54 @@ def test_longpo_train_with_compiled_layers_runs(tmp_path, monkeypatch):
                                               "checkpoint_every_k=2", "tiny_records=2", "max_steps=1"])
     torch._dynamo.reset()
     assert math.isfinite(rows[-1]["loss"])
+
+
+@pytest.mark.parametrize("tokens, measured_gib", [(16384, 31.5), (32768, 36.5), (65536, 49.4)])
+def test_memory_model_predicts_the_measured_h200_peaks(tokens, measured_gib):
+    """The only GPU memory measured so far (README, GPU throughput, 2026-11-30: one H200, Mistral-7B shape,
+    bf16 weights and gradients, no optimizer state, transformers' checkpointing of every layer, one pair
+    with two 512-token answers): `estimate_peak_bytes` of the full mode is within 3% of each peak."""
+    from transformers import AutoModelForCausalLM
+
+    from longpo.tiny import tiny_model_config
+    from longpo.train.packing import SharedPrefixLayout
+    from longpo.train.speed import estimate_peak_bytes
+
+    cfg = tiny_model_config("mistral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+                            num_kv_heads=8, intermediate_size=14336)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    layout = SharedPrefixLayout(pairs=((0, tokens - 1024, 512, 512),), total_len=tokens)
+    peak = estimate_peak_bytes(estimate_activation_bytes(cfg, layout, "full"), params) / 2**30
+    assert peak == pytest.approx(measured_gib, rel=0.03)
+
+
+# ---------------------------------------------------------------- the benchmarks' CPU side
+
+
+def load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_throughput_plans_its_rows_and_refuses_bad_ones(capsys):
+    bench = load_benchmark("gpu_throughput")
+    bench.main(["--dry-run", "--compare-plain", "32768"])
+    plan = capsys.readouterr().out
+    assert "plain" in plan and "[16384, 32768]" in plan and "trl+liger" in plan
+    for options in bench.ROWS.values():  # every row's keys pass the trainer's validation
+        if options is not None:
+            Config(**options)
+    for argv in (["--rows", "fastest"], ["--lengths", "1000"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+
+
+def test_memory_model_table_prints(capsys):
+    load_benchmark("memory_model").main(["--lengths", "16384", "65536"])
+    out = capsys.readouterr().out
+    assert out.count("\n| 16384 |") == 1 and "OOM" in out and "fits" in out
