@@ -12,9 +12,10 @@ keeps only the layer input, which save_on_cpu then moves to the host; the recomp
 the compiled code again. Checkpointing sits inside any hooks a sharding wrapper puts on the layer's
 `__call__` (FSDP2, ZeRO-3), as torchtitan's checkpoint_wrapper under fully_shard does.
 
-Why not transformers' own `gradient_checkpointing_enable`: its `every_n_layers` and `offload` arguments
-are newer than the transformers this package admits (>=5.16), it cannot checkpoint a sub-module such as
-the MLP, and it runs the sharding hooks inside the recomputed function. `gradient_checkpointing: true`
+Why not transformers' own `gradient_checkpointing_enable` (its `every_n_layers` selects the same layers
+as every_k): its `offload` argument is missing from 5.16, the oldest transformers this package admits;
+it cannot checkpoint a sub-module such as the MLP; and it runs the sharding hooks inside the recomputed
+function. `gradient_checkpointing: true`
 keeps calling it (today's path, unchanged); `activation_checkpointing: full` is ours and equal to it in
 values and gradients (tests/train/test_speed.py).
 

@@ -115,7 +115,7 @@ def test_speed_options_apply_once():
 @pytest.mark.slow
 def test_compiled_layers_equal_eager_and_do_not_recompile_per_length(tokenizer, monkeypatch):
     """compile_layers with and without checkpointing (every_k, k=2: layer 0 recomputed, layer 1 not) on
-    rows of two lengths. CPU: the aot_eager backend (dynamo + AOT autograd, dynamic shapes, the graph
+    rows of two lengths, then inside transformers' checkpointing. CPU: the aot_eager backend (dynamo + AOT autograd, dynamic shapes, the graph
     break around the attention), because inductor's C++ codegen takes minutes on these CPUs; inductor
     is checked on CUDA below. The compiled graphs are counted after the first length and the last."""
     from torch._dynamo.utils import counters
@@ -135,16 +135,20 @@ def test_compiled_layers_equal_eager_and_do_not_recompile_per_length(tokenizer, 
         assert_same(model, ref, batch)
     assert counters["stats"]["unique_graphs"] == graphs, "a new row length recompiled"
     assert model.config._attn_implementation.endswith("_eager_in_compile")
+    # The benchmark's `compile` row: compiled layers inside transformers' own checkpointing.
+    hf = apply_speed_options(copy.deepcopy(ref), Config(compile_layers=True, gradient_checkpointing=True))
+    assert_same(hf, ref, rows[1])
     torch._dynamo.reset()
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["off", "full", "mlp"])
-def test_cuda_compiled_layers_inductor(tokenizer, mode):
+@pytest.mark.parametrize("keys", [dict(), dict(activation_checkpointing="full"), dict(activation_checkpointing="mlp"),
+                                  dict(gradient_checkpointing=True)], ids=["off", "full", "mlp", "hf"])
+def test_cuda_compiled_layers_inductor(tokenizer, keys):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch._dynamo.reset()
     ref = tiny(torch.float32, "cuda")
-    model = apply_speed_options(copy.deepcopy(ref), Config(compile_layers=True, activation_checkpointing=mode))
+    model = apply_speed_options(copy.deepcopy(ref), Config(compile_layers=True, **keys))
     for batch in batches(tokenizer):
         assert_same(model, ref, batch, "cuda", rtol=1e-4, atol=1e-4, grad_rtol=1e-3, grad_atol=1e-4)
     torch._dynamo.reset()
@@ -356,3 +360,35 @@ def test_memory_model_table_prints(capsys):
     load_benchmark("memory_model").main(["--lengths", "16384", "65536"])
     out = capsys.readouterr().out
     assert out.count("\n| 16384 |") == 1 and "OOM" in out and "fits" in out
+
+
+@pytest.mark.slow
+def test_sequence_parallel_with_recomputed_offloaded_layers_equals_one_process(tmp_path):
+    """`longpo train sp_size=2` on 2 gloo ranks with activation_checkpointing: full and offload_activations
+    (the backward re-runs each layer's Ulysses all-to-alls from offloaded inputs) writes the same metrics as
+    one process without the options (float64, 2 AdamW steps; the recipe of tests/train/test_parallel.py)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.train.test_parallel import TRAIN_RECIPE
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRAIN_RECIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    train = ["-m", "longpo.cli", "train", "--config", str(recipe)]
+    runs = {
+        "one": [sys.executable, *train, f"output_dir={tmp_path / 'one'}"],
+        "sp2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train,
+                "sp_size=2", "activation_checkpointing=full", "offload_activations=true",
+                f"output_dir={tmp_path / 'sp2'}"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+    assert len(rows["one"]) == len(rows["sp2"]) == 2
+    for a, b in zip(rows["one"], rows["sp2"]):
+        for key in ("loss", "nll", "pref_loss", "grad_norm", "rewards/margin"):
+            assert b[key] == pytest.approx(a[key], rel=1e-10, abs=1e-12), f"step {a['step']} {key}: {b[key]} != {a[key]}"
