@@ -36,12 +36,14 @@ python3 -c "import torch, transformers, accelerate; print('torch', torch.__versi
 transformers.__version__, 'accelerate', accelerate.__version__)"
 
 if [ "$mode" = speed ]; then
-  # Rows that fit 64K on one H200 by the memory model (benchmarks/memory_model.py), then the rest at 16K/32K.
+  # Rows that fit 64K on one H200 by the memory model (benchmarks/memory_model.py), then the plain path and
+  # TRL with Liger to 32K, and the selective checkpointing rows at 16K (the only length they fit).
   part speed_tests 120 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_speed.py -k cuda
-  part speed_64k 270 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 65536 \
+  part speed_64k 250 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 65536 \
     --rows ours compile liger compile+liger ckpt=full+offload compile+liger+offload trl
-  part speed_32k 180 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 \
-    --rows plain ckpt=mlp ckpt=every_2 compile+liger+mlp compile+liger+every_2 trl+liger
+  part speed_32k 100 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 --rows plain trl+liger
+  part speed_16k 90 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 \
+    --rows ckpt=mlp ckpt=every_2 compile+liger+mlp compile+liger+every_2
   echo "=== done $(date +%T)"
   exit 0
 fi

@@ -298,6 +298,7 @@ class Bench:
                 out.append((length, "OOM"))
             except Exception as e:  # noqa: BLE001
                 out.append((length, f"error: {type(e).__name__}: {e}"[:160]))
+            print(f"  -> {name} {length}: {out[-1][1:]}", flush=True)  # kept in the log if a time limit cuts the run
             model.zero_grad(set_to_none=True)
             self.free()
         del model, step

@@ -173,8 +173,7 @@ def apply_speed_options(model: Any, cfg: Any) -> Any:
 class ActivationBytes:
     """Device bytes kept between forward and backward (`saved`), the extra peak of rebuilding one
     checkpointed (or offloaded) region in the backward (`recompute`), the backward's own gradient
-    buffers inside one layer (`backward`: the MLP's three T x I gradients, its largest), and the bytes
-    kept on the host."""
+    buffers inside one layer (`backward`: the MLP's, its largest), and the bytes kept on the host."""
 
     saved: int
     recompute: int
@@ -195,44 +194,53 @@ def estimate_peak_bytes(act: ActivationBytes, params: int, weight_bytes: float =
     return int(weights + max(act.saved, params * grad_bytes) + act.recompute + act.backward)
 
 
-def _spans(row: int | SharedPrefixLayout) -> tuple[int, int, int, int]:
-    """(row tokens, tokens inside attention spans (not padding), key/value rows gathered by concatenation,
-    query x key entries of lower-right masks)."""
+def _spans(row: int | SharedPrefixLayout) -> tuple[int, int, int, int, int]:
+    """(row tokens, tokens inside attention spans (not padding), key rows over all spans, key/value rows
+    gathered by concatenation, query x key entries of lower-right masks)."""
     if isinstance(row, int):  # one plain causal sequence: one span, nothing gathered
-        return row, row, 0, 0
-    spanned = kv = masks = 0
+        return row, row, row, 0, 0
+    spanned = keys_all = kv = masks = 0
     for q0, q1, ranges in row.spans():
-        spanned += q1 - q0
+        keys = sum(b - a for a, b in ranges)
+        spanned, keys_all = spanned + q1 - q0, keys_all + keys
         if len(ranges) > 1:  # a branch over [prefix; branch]: SDPA gets the concatenated keys / values
-            keys = sum(b - a for a, b in ranges)
             kv += keys
             masks += (q1 - q0) * keys
-    return row.total_len, spanned, kv, masks
+    return row.total_len, spanned, keys_all, kv, masks
 
 
 def layer_saved_bytes(config: Any, row: int | SharedPrefixLayout, dtype_bytes: int = 2,
-                      materialized_masks: bool = False) -> dict[str, int]:
+                      device: str = "cuda") -> dict[str, int]:
     """Bytes one Llama / Mistral / Qwen2 decoder layer saves for its backward when nothing is recomputed,
-    by part, for a packed row (a `SharedPrefixLayout`, or a token count for one causal sequence).
+    by part, for a packed row (a `SharedPrefixLayout`, or a token count for one causal sequence), on the
+    shared-prefix SDPA path of `attention.py` on `device` ("cuda" or "cpu").
 
     With b = dtype_bytes, D hidden, I MLP width, Dq = heads x head_dim, Dkv = kv_heads x head_dim, per token:
       norms      2 x (float32 copy of the input 4 D, normalised input b D, weighted output b D, rsqrt 4)
-      attention  q and k after RoPE and v (Dq + 2 Dkv), the span outputs (Dq) and their contiguous
-                 copy for o_proj (Dq), at b; the log-sum-exp per head, float32 (span outputs and
-                 log-sum-exp only for tokens inside a span: padding gets zeros that nothing saves)
+      attention  q after RoPE (Dq), the span outputs (Dq) and their contiguous copy for o_proj (Dq), at b;
+                 the log-sum-exp per head, float32 (span outputs and log-sum-exp only for tokens inside a
+                 span: padding gets zeros that nothing saves); and the keys / values SDPA saves:
+        cpu, or one kv head per query head: k after RoPE and v (2 Dkv b per token), plus 2 Dkv b per
+                 key/value row a branch span gathers ([prefix; branch] is concatenated), plus the
+                 lower-right causal mask CPU SDPA builds per branch span (q x keys at b)
+        cuda with grouped-query heads: each span's keys and values repeated to Dq (the kernels want equal
+                 head counts), 2 Dq b per key row of every span, no mask
       mlp        gate, up, silu(gate), silu(gate) x up: 4 I at b
-    plus 2 Dkv b per key/value row a branch span gathers ([prefix; branch] is concatenated for SDPA), and,
-    on CPU only, the lower-right causal mask SDPA builds per branch span (q x keys at b): CUDA kernels
-    take the causal alignment without a mask. The layer's own input is the previous part's output.
+    The layer's own input is the previous part's output.
     """
-    tokens, spanned, kv, masks = _spans(row)
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device={device!r}: the memory model knows 'cuda' and 'cpu'")
+    tokens, spanned, keys_all, kv, masks = _spans(row)
     d, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     dq, dkv, b = heads * head_dim, config.num_key_value_heads * head_dim, dtype_bytes
+    if device == "cuda" and dq != dkv:
+        keys_values = keys_all * 2 * dq * b
+    else:
+        keys_values = tokens * 2 * dkv * b + kv * 2 * dkv * b + (masks * b if device == "cpu" else 0)
     return {
         "norms": tokens * 2 * (d * (4 + 2 * b) + 4),
-        "attention": tokens * (2 * dq + 2 * dkv) * b + spanned * (dq * b + 4 * heads) + kv * 2 * dkv * b
-        + (masks * b if materialized_masks else 0),
+        "attention": tokens * 2 * dq * b + spanned * (dq * b + 4 * heads) + keys_values,
         "mlp": tokens * 4 * inter * b,
     }
 
@@ -251,18 +259,18 @@ def model_saved_bytes(config: Any, row: int | SharedPrefixLayout, targets: int |
 
 def estimate_activation_bytes(config: Any, row: int | SharedPrefixLayout, mode: str = "off", *,
                               every_k: int = 1, offload: bool = False, dtype_bytes: int = 2,
-                              targets: int | None = None, materialized_masks: bool = False) -> ActivationBytes:
+                              targets: int | None = None, device: str = "cuda") -> ActivationBytes:
     """Activation memory of one packed row by checkpointing mode (layers chosen by `checkpoint_plan`):
 
         layer kept         sum of `layer_saved_bytes`
         layer recomputed   its input (b D per token) kept; the backward rebuilds one layer at a time
         MLP recomputed     the MLP's 4 I b dropped; the backward rebuilds one MLP at a time
         offload            what the layers keep moves to the host; one layer's share comes back at a time
-    plus `model_saved_bytes`; `backward` = 3 T I b. Not counted here: weights, gradients and optimizer
+    plus `model_saved_bytes`; `backward` = 2 T I b. Not counted here: weights, gradients and optimizer
     states (`estimate_peak_bytes` adds them), one chunk of logits (`logps.auto_chunk_size`), attention
     kernel workspace.
     """
-    parts = layer_saved_bytes(config, row, dtype_bytes, materialized_masks)
+    parts = layer_saved_bytes(config, row, dtype_bytes, device)
     tokens = _spans(row)[0]
     layer, mlp = sum(parts.values()), parts["mlp"]
     layer_input = tokens * config.hidden_size * dtype_bytes
@@ -275,7 +283,9 @@ def estimate_activation_bytes(config: Any, row: int | SharedPrefixLayout, mode: 
         else:
             kept += layer
     fixed = model_saved_bytes(config, row, targets, dtype_bytes)
-    grads = 3 * tokens * config.intermediate_size * dtype_bytes
+    # The MLP's backward holds three T x I gradients at once (of the product, then of silu(gate) and of up)
+    # after freeing the saved product its down_proj no longer needs: net 2 T I b above the kept bytes.
+    grads = 2 * tokens * config.intermediate_size * dtype_bytes
     if offload:
         back = max(layer_input if mode in ("full", "every_k") else 0, layer - (mlp if mode == "mlp" else 0))
         return ActivationBytes(saved=fixed, recompute=max(rebuilt, back), host=kept, backward=grads)
