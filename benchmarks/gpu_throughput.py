@@ -271,7 +271,22 @@ class Bench:
         return sum(timed) / len(timed), peak
 
     def run_row(self, name: str) -> list[tuple]:
-        """[(length, seconds, peak GiB) or (length, reason)] for one row at every length."""
+        """[(length, seconds, peak GiB) or (length, reason)] for one row at every length. Liger (ours and
+        TRL's) patches the modeling module's RoPE, RMSNorm and MLP module-wide: restored after the row so
+        that the next row's model is built without it."""
+        import importlib
+
+        module = importlib.import_module(f"transformers.models.{self.arch}.modeling_{self.arch}")
+        saved = dict(vars(module))
+        try:
+            return self._run_row(name)
+        finally:
+            for key in set(vars(module)) - set(saved):
+                delattr(module, key)
+            for key, value in saved.items():
+                setattr(module, key, value)
+
+    def _run_row(self, name: str) -> list[tuple]:
         torch, out = self.torch, []
         args = self.args
         try:

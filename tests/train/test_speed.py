@@ -98,6 +98,17 @@ def test_option_equals_the_current_path_values_and_grads(tokenizer, name):
         assert_same(model, ref, batch)
 
 
+@cuda
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_cuda_option_equals_the_current_path(tokenizer, name):
+    """On CUDA (float32, no TF32): offload really copies to pinned host memory and back."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = tiny(torch.float32, "cuda")
+    model = apply_speed_options(copy.deepcopy(ref), Config(**OPTIONS[name]))
+    for batch in batches(tokenizer):
+        assert_same(model, ref, batch, "cuda", rtol=1e-5, atol=1e-5, grad_rtol=1e-4, grad_atol=1e-5)
+
+
 def test_ours_full_equals_transformers_gradient_checkpointing(tokenizer):
     """`activation_checkpointing: full` (ours) and `gradient_checkpointing: true` (transformers') agree."""
     base = tiny()
@@ -155,13 +166,26 @@ def test_cuda_compiled_layers_inductor(tokenizer, keys):
 
 
 @cuda
-def test_cuda_liger_kernels_equal_the_current_path(tokenizer):
+def test_cuda_liger_kernels_equal_the_current_path(tokenizer, monkeypatch):
+    """Liger replaces RoPE, RMSNorm and the MLP class module-wide, so the plain results are computed before
+    it is applied, and the module's names are restored afterwards (monkeypatch) for the other tests."""
     pytest.importorskip("liger_kernel")
+    from transformers.models.llama import modeling_llama
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
     torch.backends.cuda.matmul.allow_tf32 = False
     ref = tiny(torch.float32, "cuda")
+    rows = batches(tokenizer)
+    plain = [run_pairs(ref, batch, "cuda") for batch in rows]
     model = apply_speed_options(copy.deepcopy(ref), Config(liger_kernels=True))
-    for batch in batches(tokenizer):
-        assert_same(model, ref, batch, "cuda", rtol=1e-4, atol=1e-4, grad_rtol=1e-3, grad_atol=1e-4)
+    for batch, (p_out, p_grads) in zip(rows, plain):
+        out, grads = run_pairs(model, batch, "cuda")
+        assert_close(out.policy.chosen, p_out.policy.chosen, rtol=1e-4, atol=1e-4)
+        assert_close(out.policy.rejected, p_out.policy.rejected, rtol=1e-4, atol=1e-4)
+        assert_close(out.nll_sum, p_out.nll_sum, rtol=1e-4, atol=1e-4)
+        for (name, _), a, b in zip(model.named_parameters(), grads, p_grads):
+            assert_close(a, b, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
