@@ -2,13 +2,18 @@
 # Everything this project checks and times on one lent GPU, in one run of under 10 minutes:
 # the CUDA parity tests, the 7B throughput tables, and `longpo train` on CUDA (plain and FSDP2).
 #
-#   bash benchmarks/gpu_session.sh [OUT_DIR]     # logs and tables land in OUT_DIR (default gpu-out)
+#   bash benchmarks/gpu_session.sh [OUT_DIR]         # logs and tables land in OUT_DIR (default gpu-out)
+#   bash benchmarks/gpu_session.sh OUT_DIR speed     # issue 17 instead: the speed options' CUDA tests and the
+#                                                    # comparison table (ours x options, plain, TRL), < 10 min
 #
+# The speed mode wants pure-Python wheels for the image's Python in .whl/ as well:
+#   pip download --no-deps -d .whl liger-kernel==0.8.5 trl==1.16.0 datasets dill multiprocess xxhash
 # The GPU image has torch and transformers but not `datasets`: wheels in .whl/ are installed first
 # when present (pip download ... datasets dill multiprocess, for the image's Python).
 # Each part has its own time limit, so one slow part cannot starve the others.
 set -u
 out=${1:-${OUT:-gpu-out}}
+mode=${2:-all}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -30,12 +35,25 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__)"
 
+if [ "$mode" = speed ]; then
+  # Rows that fit 64K on one H200 by the memory model (benchmarks/memory_model.py), then the plain path and
+  # TRL with Liger to 32K, and the selective checkpointing rows at 16K (the only length they fit).
+  part speed_tests 120 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_speed.py -k cuda
+  part speed_64k 250 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 65536 \
+    --rows ours compile liger compile+liger ckpt=full+offload compile+liger+offload trl
+  part speed_32k 100 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 --rows plain trl+liger
+  part speed_16k 90 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 \
+    --rows ckpt=mlp ckpt=every_2 compile+liger+mlp compile+liger+every_2
+  echo "=== done $(date +%T)"
+  exit 0
+fi
+
 part tests 90 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_gpu.py
-part mistral_sdpa 170 python3 benchmarks/gpu_throughput.py --arch mistral --backend sdpa --steps 2 --compare-plain 32768
-part mistral_flex 120 python3 benchmarks/gpu_throughput.py --arch mistral --backend flex --steps 2
+part mistral_sdpa 170 python3 benchmarks/gpu_throughput.py --arch mistral --backend sdpa --steps 2 --rows ours plain --compare-plain 32768
+part mistral_flex 120 python3 benchmarks/gpu_throughput.py --arch mistral --backend flex --steps 2 --rows ours
 part train_cuda 60 python3 -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-cuda mixed_precision=bf16
 part train_fsdp2 50 python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml --num_processes 1 \
   -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-fsdp2 num_epochs=1
-part qwen2_sdpa 80 python3 benchmarks/gpu_throughput.py --arch qwen2 --backend sdpa --steps 1
+part qwen2_sdpa 80 python3 benchmarks/gpu_throughput.py --arch qwen2 --backend sdpa --steps 1 --rows ours
 tail -n 3 /tmp/tiny-cuda/metrics.jsonl /tmp/tiny-fsdp2/metrics.jsonl 2>/dev/null | tee "$out/train_metrics.log"
 echo "=== done $(date +%T)"

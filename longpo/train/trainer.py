@@ -59,6 +59,7 @@ from longpo.train.loss import LOSS_MODES, NLL_MODES, PairLogps, combine_loss, pr
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
+from longpo.train.speed import apply_speed_options, check_speed_options
 
 logger = logging.getLogger("longpo.train")
 
@@ -82,7 +83,15 @@ class Config:
     attention_backend: str = help_field("auto", "shared-prefix attention: sdpa, flex, or auto (sdpa: measured faster than flex on an H200)")
     sp_size: int = help_field(1, "sequence-parallel (Ulysses) ranks per sample; divides the number of processes, "
                                  "the rest is data parallel (see README, Sequence parallel)")
-    gradient_checkpointing: bool = help_field(False, "recompute decoder layers in the backward")
+    gradient_checkpointing: bool = help_field(False, "recompute decoder layers in the backward (transformers' own; "
+                                                     "the same as activation_checkpointing: full)")
+    # speed options (longpo/train/speed.py; README, Speed options): off by default
+    activation_checkpointing: str = help_field("off", "what the backward recomputes: off, full (every decoder layer), "
+                                                      "every_k (layers 0, k, 2k, ...), mlp (each layer's MLP only)")
+    checkpoint_every_k: int = help_field(2, "k of activation_checkpointing: every_k")
+    offload_activations: bool = help_field(False, "keep what the decoder layers save for the backward in host memory")
+    compile_layers: bool = help_field(False, "torch.compile each decoder layer (dynamic lengths; attention stays eager)")
+    liger_kernels: bool = help_field(False, "Liger's fused RMSNorm / SwiGLU / RoPE (CUDA; pip install 'longpo[liger]')")
     logp_chunk_size: int | None = help_field(None, "positions per lm_head chunk; None: from the vocab size")
     # data
     train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder); "
@@ -148,6 +157,7 @@ class Config:
             raise ValueError(f"report_to: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
         if self.rope_theta is not None and self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        check_speed_options(self)
 
 
 class TrainingError(RuntimeError):
@@ -243,8 +253,7 @@ class Trainer:
         backend = DEFAULT_BACKEND if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
         parallelize(policy, self.mesh, backend)
-        if cfg.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        apply_speed_options(policy, cfg)  # gradient_checkpointing too
         self.reference = None
         if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
             reference = load_policy(cfg)
