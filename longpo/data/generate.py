@@ -3,6 +3,7 @@
     longpo generate --config configs/generate_tiny.yaml
     longpo generate --config configs/generate_mistral-7b-128k.yaml --num-shards 8 --shard-index 3
     longpo generate merge --inputs runs/gen/part0 runs/gen/part1 --output runs/gen/all
+    longpo generate inspect runs/gen/all --n 5 --seed 0
 
 Per document (METHOD.md, "Data generation"): chunk it; for up to `num_turns` chunks ask the model
 for `num_questions` questions about the chunk and keep one (prefixed to point back at the text);
@@ -503,10 +504,25 @@ def main(cfg: Config) -> int:
 
 
 def cli(argv: list[str]) -> int:
-    """`longpo generate ...` or `longpo generate merge --inputs A B ... --output C`."""
+    """`longpo generate ...`, `longpo generate merge --inputs A B ... --output C` or `longpo generate inspect DIR`."""
     from longpo.cli import split_args
     from longpo.config import ConfigError, config_help, load_config
 
+    if argv and argv[0] == "inspect":
+        import argparse
+
+        from longpo.data.inspect import inspect_pairs
+
+        ap = argparse.ArgumentParser(prog="longpo generate inspect", description="stats and random pairs of a "
+                                     "`longpo generate` output folder")
+        ap.add_argument("dir", help="output folder of `longpo generate` (or of `generate merge`)")
+        ap.add_argument("--n", type=int, default=3, help="pairs to print")
+        ap.add_argument("--seed", type=int, default=0, help="seed of the draw")
+        ap.add_argument("--width", type=int, default=100, help="characters per line")
+        ap.add_argument("--chunk-chars", type=int, default=600, help="characters of the chunk shown (0: all)")
+        args = ap.parse_args(argv[1:])
+        print(inspect_pairs(args.dir, args.n, args.seed, args.width, args.chunk_chars))
+        return 0
     if argv and argv[0] == "merge":
         import argparse
 

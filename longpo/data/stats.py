@@ -98,7 +98,8 @@ def summary(stats: dict) -> str:
             f"{trim.get(st, 0)} / {sec.get(st, 0.0):.1f}s" for st in STAGES)
         + f", reference {sec.get('reference', 0.0):.1f}s"
         + (f"  (finish reason unknown, guessed from length: {s['finish_unknown']})" if s.get("finish_unknown") else ""),
-        f"pairs kept {s['pairs_kept']} in {s['records']} records  dropped {s['dropped']}  "
+        f"pairs kept {s['pairs_kept']} in {s['records']} records  dropped {sum(s['dropped'].values())} "
+        f"{ {k: v for k, v in s['dropped'].items() if v} }  "
         f"chosen == rejected {s['chosen_equals_rejected']}",
     ]
     kept, lengths = s["pairs_kept"], s.get("answer_tokens", {})
