@@ -37,7 +37,7 @@ significant information content contents aspect aspects part parts example examp
 """.split())
 DROP_REASONS = ("empty_answer", "refusal", "repetition", "ngram_repetition", "too_few_words", "copied_answer",
                 "chosen_equals_rejected", "truncated", "short_prompt_too_long")
-TRUNCATION_MODES = ("drop", "trim")
+TRUNCATION_MODES = ("drop", "trim", "keep")
 
 
 @dataclass(kw_only=True)
@@ -56,8 +56,10 @@ class FilterConfig:
     require_specific_question: bool = help_field(True, "drop a question none of whose content words (beyond "
                                                        "generic ones: 'main idea', 'text', 'author') occurs in the "
                                                        "chunk; such meta questions do not depend on the chunk")
-    truncated: str = help_field("drop", "an answer that hit max_new_tokens: drop (the turn) or trim (to its last "
-                                        "complete sentence; its end-of-turn token is then not a response token)")
+    truncated: str = help_field("drop", "an answer that hit max_new_tokens: drop (the turn), trim (to its last "
+                                        "complete sentence) or keep (as generated: the toy demo's babbling "
+                                        "rejected answers); a trimmed or kept one is marked *_cut and its "
+                                        "end-of-turn token is not a response token")
     max_short_prompt_tokens: int = help_field(32768, "drop a turn whose short prompt [chunk; question] is longer")
 
     def __post_init__(self) -> None:

@@ -163,10 +163,14 @@ def _generate(backend: Any, prompts: list[str], sampling: Sampling, stage: str, 
 
 
 def _complete_answer(text: str, cut_off: bool, cfg: FilterConfig, stage: str, stats: dict) -> tuple[str, bool, bool]:
-    """(answer, trimmed, unusable) of an answer that may have hit max_new_tokens: with truncated=trim it
-    ends at its last complete sentence (unusable when it has none); with truncated=drop it is unusable."""
+    """(answer, cut, unusable) of an answer that may have hit max_new_tokens: with truncated=trim it ends
+    at its last complete sentence (unusable when it has none); with keep it stays as generated; with drop
+    it is unusable. A cut answer is trained without an end-of-turn label (records.py)."""
     if not cut_off:
         return text, False, False
+    if cfg.truncated == "keep":
+        stats["kept_cut"][stage] += 1
+        return text, True, False
     if cfg.truncated == "trim" and (trimmed := trim_to_sentence(text)):
         stats["trimmed"][stage] += 1
         return trimmed, True, False

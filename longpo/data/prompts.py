@@ -50,7 +50,7 @@ def strip_label(line: str) -> tuple[str, bool]:
 def is_question(text: str) -> bool:
     """A question: it ends with a question mark, or (the model dropped it) it opens with an interrogative
     word, after any "According to the text, " lead, and does not end like a statement (".", "!", ":")."""
-    if len(text.split()) < 2:
+    if len(re.findall(r"[^\W\d_]{2,}", text)) < 2:  # two words of letters at least: not ". ? 44 ."
         return False
     if text.rstrip("*\"') ").endswith("?"):
         return True

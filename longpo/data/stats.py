@@ -28,7 +28,7 @@ def new_stats() -> dict:
     return {"documents": 0, "skipped": Counter(), "chunks": 0, "eligible_chunks": 0, "question_replies": 0,
             "questions_parsed": 0, "questions_unparsable": 0, "questions_found": 0, "questions_dropped": Counter(),
             "turns_without_question": Counter(), "generated": Counter(), "truncated": Counter(),
-            "trimmed": Counter(), "finish_unknown": Counter(), "seconds": Counter(), "pairs_kept": 0,
+            "trimmed": Counter(), "kept_cut": Counter(), "finish_unknown": Counter(), "seconds": Counter(), "pairs_kept": 0,
             "dropped": Counter(), "chosen_equals_rejected": 0, "records": 0, "tokens": 0,
             "answer_tokens": Counter(), "reference": Counter(),
             "hist": {name: Counter() for name in HISTOGRAMS}}
@@ -84,7 +84,8 @@ def _share(part: float, whole: float) -> str:
 def summary(stats: dict) -> str:
     """The stats as a few lines of text (printed at the end of a run and by `longpo generate inspect`)."""
     s = stats_json(stats)
-    gen, trunc, trim = s.get("generated", {}), s.get("truncated", {}), s.get("trimmed", {})
+    gen, trunc = s.get("generated", {}), s.get("truncated", {})
+    trim = merge_stats(dict(s.get("trimmed", {})), s.get("kept_cut", {}))
     sec = s.get("seconds", {})
     replies = s["question_replies"]
     lines = [
@@ -93,7 +94,7 @@ def summary(stats: dict) -> str:
         f"parsed {s['questions_parsed']} unparsable {s['questions_unparsable']}  questions found "
         f"{s.get('questions_found', 0)} ({s.get('questions_found', 0) / max(replies, 1):.2f} per reply), dropped "
         f"{s.get('questions_dropped', {})}, turns without a question {s.get('turns_without_question', {})}",
-        "stages (generated / hit max_new_tokens / trimmed / seconds): " + ", ".join(
+        "stages (generated / hit max_new_tokens / trimmed or kept cut / seconds): " + ", ".join(
             f"{st} {gen.get(st, 0)} / {trunc.get(st, 0)} ({_share(trunc.get(st, 0), gen.get(st, 0))}) / "
             f"{trim.get(st, 0)} / {sec.get(st, 0.0):.1f}s" for st in STAGES)
         + f", reference {sec.get('reference', 0.0):.1f}s"
