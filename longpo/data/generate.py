@@ -519,7 +519,7 @@ def cli(argv: list[str]) -> int:
 
         ap = argparse.ArgumentParser(prog="longpo generate inspect", description="stats and random pairs of a "
                                      "`longpo generate` output folder")
-        ap.add_argument("dir", help="output folder of `longpo generate` (or of `generate merge`)")
+        ap.add_argument("dir", help="output folder of `longpo generate` (or of `generate merge`), or a records file")
         ap.add_argument("--n", type=int, default=3, help="pairs to print")
         ap.add_argument("--seed", type=int, default=0, help="seed of the draw")
         ap.add_argument("--width", type=int, default=100, help="characters per line")

@@ -48,22 +48,27 @@ def shorten(text: str, chars: int) -> str:
 
 
 def inspect_pairs(folder: str | Path, n: int = 3, seed: int = 0, width: int = 100, chunk_chars: int = 600) -> str:
-    """The report `longpo generate inspect` prints."""
+    """The report `longpo generate inspect` prints, for an output folder (with its stats.json) or a records
+    file (e.g. the output of `longpo reference`: stats from its records alone)."""
     folder = Path(folder)
-    stats_file = folder / "stats.json"
-    if not any(folder.glob("*.jsonl")) and not any(folder.glob("*.parquet")):
+    stats_file = (folder if folder.is_dir() else folder.parent) / "stats.json"
+    if folder.is_dir() and not any(folder.glob("*.jsonl")) and not any(folder.glob("*.parquet")):
         head = summary(json.loads(stats_file.read_text())) if stats_file.exists() else ""
         return f"{head}\n\n{folder}: no records (no pair was kept)".strip()
     records = read_records(folder)
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() and folder.is_dir() else None
     if stats is None or not stats.get("reference", {}).get("pairs"):  # e.g. reference added later
         ref = new_stats()
         add_reference_stats(ref, records)
-        stats = {**(stats or new_stats()), "reference": ref["reference"]}
+        head = summary({**(stats or new_stats()), "reference": ref["reference"]})
+        if stats is None:  # a records file: only what the records tell
+            head = "\n".join(line for line in head.splitlines() if line.startswith("reference log-prob"))
+    else:
+        head = summary(stats)
     turns = [(r, i) for r in records for i in range(len(r["turns"]))]
     picked = random.Random(seed).sample(turns, min(n, len(turns)))
     column = (width - 3) // 2
-    parts = [summary(stats), f"\n{len(turns)} pairs in {len(records)} records; {len(picked)} drawn with seed {seed}"]
+    parts = [head, f"\n{len(turns)} pairs in {len(records)} records; {len(picked)} drawn with seed {seed}"]
     for record, i in picked:
         turn = record["turns"][i]
         counts = ((record.get("meta") or {}).get("answer_tokens") or [])

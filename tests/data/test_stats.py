@@ -79,3 +79,8 @@ def test_inspect_of_a_folder_without_pairs(tmp_path):
     assert inspect_pairs(tmp_path).endswith("no records (no pair was kept)")
     assert json.loads((tmp_path / "stats.json").read_text())["documents"] == 2
     assert shorten("abcdefghij", 4) == "ab [... 6 characters ...] ij" and shorten("abc", 0) == "abc"
+
+
+def test_inspect_of_a_records_file(folder):
+    text = inspect_pairs(folder / "records-s000-g000000.jsonl", n=2)
+    assert "pairs kept" not in text and "chosen higher in 50%" in text and "2 drawn with seed 0" in text
