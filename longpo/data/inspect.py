@@ -4,7 +4,7 @@
 
 Prints the run's stats (`stats.json`, see longpo.data.stats) and N pairs (turns) drawn at random:
 the question, the chunk it is about, and the chosen and rejected answers side by side with their
-reference log-probs (summed and per token where known) and whether an answer was trimmed.
+reference log-probs (summed and per token where known) and whether an answer was cut at max_new_tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from longpo.data.stats import add_reference_stats, new_stats, summary
 
 
 def _column(title: str, text: str, width: int) -> list[str]:
-    lines = [title, "-" * min(len(title), width)]
+    lines = textwrap.wrap(title, width) + ["-" * min(len(title), width)]
     for paragraph in text.splitlines() or [""]:
         lines += textwrap.wrap(paragraph, width) or [""]
     return lines
@@ -32,7 +32,7 @@ def side_by_side(left: list[str], right: list[str], width: int, gap: str = " | "
 
 def _score(turn: dict, branch: str, tokens: int | None) -> str:
     logp = turn.get(f"ref_{branch}_logp")
-    cut = ", trimmed at max_new_tokens" if turn.get(f"{branch}_cut") else ""
+    cut = ", cut at max_new_tokens" if turn.get(f"{branch}_cut") else ""
     if logp is None:
         return f"{branch} (no reference log-prob{cut})"
     per_token = f", {logp / tokens:.3f}/token over {tokens}" if tokens else ""

@@ -56,11 +56,11 @@ def folder(tmp_path):
 
 
 def test_inspect_prints_stats_and_seeded_pairs_side_by_side(folder, capsys):
-    text = inspect_pairs(folder, n=8, seed=0, width=80)
+    text = inspect_pairs(folder, n=8, seed=0, width=200)
     assert "pairs kept 8 in 5 records" in text and "8 pairs in 5 records; 8 drawn with seed 0" in text
     # The reference comparison comes from the records (stats.json has none: reference added later).
     assert "chosen higher in 50%" in text
-    assert "chosen (ref log-prob -4.00, -1.000/token over 4, trimmed at max_new_tokens)" in text
+    assert "chosen (ref log-prob -4.00, -1.000/token over 4, cut at max_new_tokens)" in text
     assert "rejected (no reference log-prob)" in text
     assert text.count("question: According to the passage above, what is value") == 8
     side = [line for line in text.splitlines() if line.startswith("The value is")]
