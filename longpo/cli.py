@@ -34,6 +34,7 @@ def usage() -> str:
     lines = ["usage: longpo <stage> [--config FILE.yaml] [key=value ...] [--debug]", "", "stages:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in STAGES.items()]
     lines += ["", "sub-commands:", "  longpo generate merge --inputs DIR [DIR ...] --output DIR",
+              "  longpo generate inspect DIR [--n N] [--seed S]",
               "  longpo eval compare RUN_A RUN_B",
               "", "`longpo <stage> --help` lists every config key of a stage with its default and meaning."]
     return "\n".join(lines)
@@ -83,6 +84,21 @@ def generate_merge(argv: list[str]) -> int:
     return 0
 
 
+def generate_inspect(argv: list[str]) -> int:
+    from longpo.data import inspect
+
+    ap = argparse.ArgumentParser(prog="longpo generate inspect",
+                                 description="stats and random pairs of a `longpo generate` output folder")
+    ap.add_argument("dir", help="output folder of `longpo generate` (or of `generate merge`), or a records file")
+    ap.add_argument("--n", type=int, default=3, help="pairs to print")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    ap.add_argument("--width", type=int, default=100, help="characters per line")
+    ap.add_argument("--chunk-chars", type=int, default=600, help="characters of the chunk shown (0: all)")
+    args = ap.parse_args(argv)
+    print(inspect.inspect_pairs(args.dir, args.n, args.seed, args.width, args.chunk_chars))
+    return 0
+
+
 def eval_compare(argv: list[str]) -> int:
     from longpo.eval import report
 
@@ -93,7 +109,8 @@ def eval_compare(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {("generate", "merge"): generate_merge, ("eval", "compare"): eval_compare}
+SUBCOMMANDS = {("generate", "merge"): generate_merge, ("generate", "inspect"): generate_inspect,
+               ("eval", "compare"): eval_compare}
 
 
 # ------------------------------------------------------------------------------------- stages

@@ -35,7 +35,12 @@ class Backend(Protocol):
     tokenizer: Any  # the model's Hugging Face tokenizer (chat template, token counts)
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        """Completions (text after the prompt, special tokens removed), one per prompt, in order."""
+        """Completions (text after the prompt, special tokens removed), one per prompt, in order.
+
+        A backend that knows why each completion ended also sets `self.finish_reasons` to a new list
+        of the same length: "stop" (it emitted its end-of-sequence token or a stop string) or
+        "length" (it hit `max_new_tokens`). Read it with `generate_with_reasons`.
+        """
         ...
 
     def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:
@@ -43,3 +48,20 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+FINISH_REASONS = ("stop", "length")
+
+
+def generate_with_reasons(backend: Backend, prompts: list[str], sampling: Sampling) -> tuple[list[str], list[str | None]]:
+    """`backend.generate` and, per completion, "stop", "length", or None where the backend did not say.
+
+    Only a `finish_reasons` list set by this very call counts (a new object of the right length), so a
+    wrapper that generates part of its prompts elsewhere reads as unknown rather than as stale reasons.
+    """
+    before = getattr(backend, "finish_reasons", None)
+    texts = backend.generate(prompts, sampling)
+    after = getattr(backend, "finish_reasons", None)
+    if after is None or after is before or len(after) != len(texts):
+        return texts, [None] * len(texts)
+    return texts, [r if r in FINISH_REASONS else None for r in after]

@@ -58,6 +58,7 @@ class HFBackend:
         self.batch_shared_greedy = batch_shared_greedy
         self._kept: tuple[list[int], Any] | None = None  # (token ids, KV cache of exactly those tokens)
         self.stats = {"prefill_tokens": 0, "reused_prefix_tokens": 0, "generated_tokens": 0}
+        self.finish_reasons: list[str] | None = None  # of the last generate call: "stop" or "length"
 
     @property
     def device(self) -> Any:
@@ -81,14 +82,22 @@ class HFBackend:
         self.stats["generated_tokens"] += len(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
+    def _finished(self, ids: list[int], sampling: Sampling) -> tuple[str, str]:
+        """The completion's text and why it ended: "stop" when it holds an end-of-sequence token (rows of
+        a batch that ended early are padded after it), else "length"."""
+        eos = self._gen_kwargs(sampling).get("eos_token_id", self.model.generation_config.eos_token_id)
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        return self._decode(ids), "stop" if eos.intersection(ids) else "length"
+
     def _seed(self, sampling: Sampling, ids: list[int]) -> None:
         if sampling.temperature > 0:
             torch.manual_seed(sampling.seed * 1_000_003 + zlib.crc32(array("q", ids).tobytes()))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        """Completions in prompt order; runs of prompts sharing a long prefix reuse one prefill."""
+        """Completions in prompt order (why each ended in `finish_reasons`); runs of prompts sharing a long
+        prefix reuse one prefill."""
         encoded = self._encode(prompts)
-        out: list[str | None] = [None] * len(prompts)
+        out: list[tuple[str, str] | None] = [None] * len(prompts)
         batched = []
         for group, shared in self._group_by_prefix(encoded):
             if shared:
@@ -103,7 +112,9 @@ class HFBackend:
             idx = batched[start : start + self.batch_size]
             for i, text in zip(idx, self._generate_batch([encoded[i] for i in idx], sampling)):
                 out[i] = text
-        return [t if t is not None else "" for t in out]
+        done = [t if t is not None else ("", "stop") for t in out]
+        self.finish_reasons = [reason for _, reason in done]
+        return [text for text, _ in done]
 
     def _group_by_prefix(self, encoded: list[list[int]]) -> list[tuple[list[int], int]]:
         """Consecutive prompts sharing >= min_shared_prefix tokens form a group (with the shared length)."""
@@ -147,7 +158,8 @@ class HFBackend:
             self.stats["prefill_tokens"] += upto - cached
         return cache
 
-    def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None, keep: bool = True) -> str:
+    def _generate_one(self, ids: list[int], sampling: Sampling, cache: Any = None, keep: bool = True
+                      ) -> tuple[str, str]:
         self._seed(sampling, ids)
         input_ids = torch.tensor([ids], device=self.device)
         cached = cache.get_seq_length() if cache is not None else 0
@@ -158,9 +170,9 @@ class HFBackend:
         if self.reuse_across_calls and keep and cache is not None and _croppable(cache):
             # The cache now holds the prompt and the answer but its last token: the next turn's prefix.
             self._kept = (result[0, : cache.get_seq_length()].tolist(), cache)
-        return self._decode(result[0, len(ids):].tolist())
+        return self._finished(result[0, len(ids):].tolist(), sampling)
 
-    def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[str]:
+    def _generate_shared(self, group: list[list[int]], shared: int, sampling: Sampling) -> list[tuple[str, str]]:
         """Prefill the shared prefix once, then continue each prompt from a copy of its cache (greedy
         prompts together in one batch with `batch_shared_greedy`)."""
         base = self._start_cache(group[0], shared)
@@ -179,7 +191,8 @@ class HFBackend:
             texts.append(self._generate_one(ids, sampling, cache=base if last else copy.deepcopy(base), keep=last))
         return texts
 
-    def _generate_after_prefix(self, batch: list[list[int]], shared: int, cache: Any, sampling: Sampling) -> list[str]:
+    def _generate_after_prefix(self, batch: list[list[int]], shared: int, cache: Any, sampling: Sampling
+                               ) -> list[tuple[str, str]]:
         """Greedy answers of prompts that all start with the `shared` tokens held in `cache`.
 
         The cache is repeated over the batch; each prompt's own tail is padded on its left, between
@@ -196,9 +209,9 @@ class HFBackend:
         with torch.no_grad():
             result = self.model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=cache,
                                          **self._gen_kwargs(sampling))
-        return [self._decode(row[shared + width:].tolist()) for row in result]
+        return [self._finished(row[shared + width:].tolist(), sampling) for row in result]
 
-    def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[str]:
+    def _generate_batch(self, batch: list[list[int]], sampling: Sampling) -> list[tuple[str, str]]:
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
@@ -206,7 +219,7 @@ class HFBackend:
         self.stats["prefill_tokens"] += sum(len(ids) for ids in batch)
         with torch.no_grad():
             result = self.model.generate(input_ids=input_ids, attention_mask=mask, **self._gen_kwargs(sampling))
-        return [self._decode(row[width:].tolist()) for row in result]
+        return [self._finished(row[width:].tolist(), sampling) for row in result]
 
     # ---------------------------------------------------------------- scoring
     def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:

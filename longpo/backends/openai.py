@@ -85,7 +85,10 @@ class OpenAIBackend:
             return list(pool.map(fn, items))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        def one(item: tuple[int, str]) -> str:
+        """Completions in order; `finish_reasons` holds the server's finish_reason of each ("length" at
+        max_tokens; None where the server gives none)."""
+
+        def one(item: tuple[int, str]) -> tuple[str, str | None]:
             i, prompt = item
             payload = {"model": self.model, "prompt": prompt, "max_tokens": sampling.max_new_tokens,
                        "temperature": sampling.temperature, "top_p": sampling.top_p}
@@ -93,12 +96,14 @@ class OpenAIBackend:
                 payload["seed"] = sampling.seed * 1_000_003 + i
             reply = self._post("/completions", payload)
             try:
-                return reply["choices"][0]["text"].strip()
+                return reply["choices"][0]["text"].strip(), reply["choices"][0].get("finish_reason")
             except (KeyError, IndexError, TypeError):
                 raise ServerError(f"{self.base_url}/completions: reply without choices[0].text: "
                                   f"{json.dumps(reply)[:200]}") from None
 
-        return self._map(one, list(enumerate(prompts)))
+        done = self._map(one, list(enumerate(prompts)))
+        self.finish_reasons = [reason for _, reason in done]
+        return [text for text, _ in done]
 
     def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:
         def one(item: tuple[list[int], list[bool]]) -> float:

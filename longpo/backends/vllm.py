@@ -76,6 +76,7 @@ class VLLMBackend:
     def generate(self, prompts: list[str], sampling: Sampling) -> list[str]:
         params = [sampling_params(self._vllm, sampling, i) for i in range(len(prompts))]
         outputs = self.llm.generate(self._prompts(prompts), params, use_tqdm=False)
+        self.finish_reasons = [out.outputs[0].finish_reason for out in outputs]  # "stop", "length" (or "abort")
         return [out.outputs[0].text.strip() for out in outputs]
 
     def score(self, sequences: list[list[int]], masks: list[list[bool]]) -> list[float]:

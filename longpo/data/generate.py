@@ -3,6 +3,7 @@
     longpo generate --config configs/generate_tiny.yaml
     longpo generate --config configs/generate_mistral-7b-128k.yaml --num-shards 8 --shard-index 3
     longpo generate merge --inputs runs/gen/part0 runs/gen/part1 --output runs/gen/all
+    longpo generate inspect runs/gen/all --n 5 --seed 0
 
 Per document (the method: README, "longpo generate"): chunk it; for up to `num_turns` chunks ask the model
 for `num_questions` questions about the chunk and keep one (prefixed to point back at the text);
@@ -26,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longpo.backends.base import Sampling
+from longpo.backends.base import Sampling, generate_with_reasons
 from longpo.config import help_field
-from longpo.data.filters import DROP_REASONS, FilterConfig, chosen_drop_reason, drop_reason
-from longpo.data.prompts import QUESTION_PREFIX, QUESTION_TEMPLATE
+from longpo.data.filters import FilterConfig, drop_reason, is_copy, is_specific_question, trim_to_sentence
+from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE
+from longpo.data.stats import (
+    add_reference_stats,
+    merge_stats,
+    new_stats,
+    power_of_two_bin,
+    stats_json,
+    summary,
+)
 from longpo.errors import InputError
 from longpo.models import check_local
 
@@ -60,7 +69,13 @@ class Config:
     min_chunk_tokens: int = help_field(16384, "shortest chunk a question is asked about")
     max_chunk_tokens: int = help_field(30000, "longest chunk")
     separator: str = help_field("\n\n", "joins chunks into the long context")
-    num_questions: int = help_field(4, "questions asked per chunk; a reply with another count is skipped")
+    num_questions: int = help_field(4, "questions asked per chunk; the first this many questions of a reply are used")
+    min_questions: int = help_field(1, "a reply with fewer questions is skipped and counted (num_questions: only "
+                                       "replies with every question asked, the released rule)")
+    question_parser: str = help_field("questions", "how questions are read from a reply: questions (only lines "
+                                                   "that are questions, labels stripped, several per line split) "
+                                                   "or lines (every numbered / bulleted / plain line, the rule "
+                                                   "before issue 18)")
     num_turns: int = help_field(2, "turns per document, each about a different chunk")
     question_template: str = help_field(QUESTION_TEMPLATE, "user message asking for questions; placeholders "
                                                            "{chunk} and {k}")
@@ -68,9 +83,10 @@ class Config:
     question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9,
                                                                          max_new_tokens=1024),
                                         metadata={"help": "sampling of the question step"})
-    answer_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=1.0, top_p=1.0,
-                                                                       max_new_tokens=1024),
-                                      metadata={"help": "sampling of the chosen and rejected answers"})
+    answer_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_new_tokens=1024),
+                                      metadata={"help": "sampling of the chosen and rejected answers; default "
+                                                        "greedy, as the paper's appendix says (the released "
+                                                        "script samples at temperature 1.0, top_p 1.0)"})
     filters: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "pair filters"})
     reference: bool = help_field(True, "add the original model's reference log-probs (else run "
                                        "`longpo reference` later)")
@@ -93,58 +109,15 @@ class Config:
         for name in ("num_questions", "num_turns", "documents_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if not 1 <= self.min_questions <= self.num_questions:
+            raise ValueError(f"min_questions={self.min_questions} must lie in [1, num_questions={self.num_questions}]")
+        if self.question_parser not in QUESTION_PARSERS:
+            raise ValueError(f"question_parser={self.question_parser!r}: choose one of {sorted(QUESTION_PARSERS)}")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
-
-
-# ---------------------------------------------------------------------------------- stats
-
-
-def _bin(n: int) -> str:
-    """Power-of-two length bin, keyed by its lower bound: "1024" holds lengths 1024..2047."""
-    return str(1 << (max(n, 1).bit_length() - 1))
-
-
-def new_stats() -> dict:
-    return {"documents": 0, "skipped": Counter(), "chunks": 0, "eligible_chunks": 0, "question_replies": 0,
-            "questions_parsed": 0, "questions_unparsable": 0, "pairs_kept": 0, "dropped": Counter(),
-            "chosen_equals_rejected": 0, "records": 0, "tokens": 0,
-            "hist": {"document_tokens": Counter(), "chunk_tokens": Counter(), "answer_tokens": Counter()}}
-
-
-def merge_stats(total: dict, part: dict) -> dict:
-    for key, value in part.items():
-        if key == "hist":
-            for name, counts in value.items():
-                total["hist"][name] = Counter(total["hist"].get(name, {})) + Counter(counts)
-        elif isinstance(value, dict):
-            total[key] = Counter(total.get(key, {})) + Counter(value)
-        else:
-            total[key] = total.get(key, 0) + value
-    return total
-
-
-def stats_json(stats: dict) -> dict:
-    out = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in stats.items() if k != "hist"}
-    out["hist"] = {name: dict(sorted(c.items(), key=lambda kv: int(kv[0]))) for name, c in stats["hist"].items()}
-    for reason in DROP_REASONS:
-        out["dropped"].setdefault(reason, 0)
-    return out
-
-
-def summary(stats: dict) -> str:
-    s = stats_json(stats)
-    lines = [f"documents {s['documents']}  skipped {sum(s['skipped'].values())} {s['skipped']}",
-             f"chunks {s['chunks']} (eligible {s['eligible_chunks']})  question replies {s['question_replies']} "
-             f"parsed {s['questions_parsed']} unparsable {s['questions_unparsable']}",
-             f"pairs kept {s['pairs_kept']} in {s['records']} records  dropped {s['dropped']}  "
-             f"chosen == rejected {s['chosen_equals_rejected']}"]
-    for name, hist in s["hist"].items():
-        lines.append(f"{name} (power-of-two bins, lower bound: count): " + ", ".join(f"{k}: {v}" for k, v in hist.items()))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- one group
@@ -156,6 +129,9 @@ class _Turn:
     question: str = ""
     chosen: str = ""
     rejected: str = ""
+    chosen_cut: bool = False  # trimmed after hitting max_new_tokens: its end-of-turn token was not generated
+    rejected_cut: bool = False
+    chosen_truncated: bool = False  # hit max_new_tokens and could not be used (truncated=drop, or no sentence)
 
 
 def _chat(tokenizer: Any, messages: list[dict]) -> str:
@@ -166,14 +142,74 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _generate(backend: Any, prompts: list[str], sampling: Sampling, stage: str, stats: dict) -> list[tuple[str, bool]]:
+    """(text, hit max_new_tokens) per prompt, with the stage's counts and seconds.
+
+    A backend that does not report finish reasons is judged by length: a completion that re-tokenises
+    to max_new_tokens tokens or more is taken as cut off (counted under finish_unknown).
+    """
+    if not prompts:
+        return []
+    start = time.perf_counter()
+    texts, reasons = generate_with_reasons(backend, prompts, sampling)
+    stats["seconds"][stage] += time.perf_counter() - start
+    stats["generated"][stage] += len(prompts)
+    out = []
+    for text, reason in zip(texts, reasons):
+        if reason is None:
+            stats["finish_unknown"][stage] += 1
+            reason = "length" if _n_tokens(backend.tokenizer, text) >= sampling.max_new_tokens else "stop"
+        stats["truncated"][stage] += int(reason == "length")
+        out.append((text, reason == "length"))
+    return out
+
+
+def _complete_answer(text: str, cut_off: bool, cfg: FilterConfig, stage: str, stats: dict) -> tuple[str, bool, bool]:
+    """(answer, cut, unusable) of an answer that may have hit max_new_tokens: with truncated=trim it ends
+    at its last complete sentence (unusable when it has none); with keep it stays as generated; with drop
+    it is unusable. A cut answer is trained without an end-of-turn label (records.py)."""
+    if not cut_off:
+        return text, False, False
+    if cfg.truncated == "keep":
+        stats["kept_cut"][stage] += 1
+        return text, True, False
+    if cfg.truncated == "trim" and (trimmed := trim_to_sentence(text)):
+        stats["trimmed"][stage] += 1
+        return trimmed, True, False
+    return text, False, True
+
+
+def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict) -> list[str]:
+    """The usable questions of one reply (empty: the turn is skipped, counted by reason)."""
+    if cut_off:  # the last line may be a question cut in the middle: keep it only if it got its "?"
+        lines = reply.rstrip().splitlines()
+        if lines and not lines[-1].rstrip().endswith("?"):
+            reply = "\n".join(lines[:-1])
+    found = QUESTION_PARSERS[cfg.question_parser](reply)
+    stats["questions_found"] += len(found)
+    stats["hist"]["questions_per_reply"][str(len(found))] += 1
+    if len(found) < cfg.min_questions:
+        stats["questions_unparsable"] += 1
+        return []
+    stats["questions_parsed"] += 1
+    found = found[: cfg.num_questions]
+    if cfg.filters.require_specific_question:
+        specific = [q for q in found if is_specific_question(q, chunk)]
+        stats["questions_dropped"]["generic_question"] += len(found) - len(specific)
+        if not specific:
+            stats["turns_without_question"]["generic_questions_only"] += 1
+        found = specific
+    return found
+
+
 def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None) -> tuple[list[dict], dict]:
     """Records and stats of one group of documents (deterministic for the same inputs and seed).
 
     `backend` is the generator (RoPE override applied); `ref_backend` the original model, or None.
     """
     from longpo.data.chunking import chunk_document
-    from longpo.data.prompts import parse_questions, pick_question, question_prompt
-    from longpo.data.records import user_content
+    from longpo.data.prompts import pick_question, question_prompt
+    from longpo.data.records import tokenize_short, user_content
     from longpo.data.reference import add_reference_logps
 
     short = ref_backend if cfg.original_for_short_steps and ref_backend is not None else backend
@@ -185,7 +221,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         if n == 0:
             stats["skipped"]["empty"] += 1
             continue
-        stats["hist"]["document_tokens"][_bin(n)] += 1
+        stats["hist"]["document_tokens"][power_of_two_bin(n)] += 1
         stats["tokens"] += n
         if n < cfg.min_doc_tokens or n > cfg.max_doc_tokens:
             stats["skipped"]["too_short" if n < cfg.min_doc_tokens else "too_long"] += 1
@@ -195,7 +231,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         stats["chunks"] += len(chunked.chunks)
         stats["eligible_chunks"] += len(chunked.eligible)
         for c in chunked.chunk_tokens:
-            stats["hist"]["chunk_tokens"][_bin(c)] += 1
+            stats["hist"]["chunk_tokens"][power_of_two_bin(c)] += 1
         if not chunked.eligible:
             stats["skipped"]["no_eligible_chunk"] += 1
             continue
@@ -203,26 +239,25 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         picked = sorted(rng.sample(chunked.eligible, min(cfg.num_turns, len(chunked.eligible))))
         work.append((doc, chunked, [_Turn(chunk=chunked.chunks[i]) for i in picked], rng))
 
-    # Questions about each chosen chunk; a turn whose reply does not parse is skipped.
+    # Questions about each chosen chunk; a turn left without a usable question is skipped.
     asks = [(w, t) for w in work for t in w[2]]
-    replies = short.generate([_chat(tok, [{"role": "user", "content": question_prompt(
-        cfg.question_template, t.chunk, cfg.num_questions)}]) for _, t in asks], cfg.question_sampling)
-    for (w, turn), reply in zip(asks, replies):
+    replies = _generate(short, [_chat(tok, [{"role": "user", "content": question_prompt(
+        cfg.question_template, t.chunk, cfg.num_questions)}]) for _, t in asks], cfg.question_sampling, "question",
+        stats)
+    for (w, turn), (reply, cut_off) in zip(asks, replies):
         stats["question_replies"] += 1
-        questions = parse_questions(reply, cfg.num_questions)
-        if questions is None:
-            stats["questions_unparsable"] += 1
-            continue
-        stats["questions_parsed"] += 1
-        turn.question = pick_question(questions, w[3], cfg.question_prefix)
+        questions = _questions(cfg, reply, cut_off, turn.chunk, stats)
+        if questions:
+            turn.question = pick_question(questions, w[3], cfg.question_prefix)
     work = [(d, c, [t for t in turns if t.question], r) for d, c, turns, r in work]
 
     # Chosen answers on the chunk alone; short-prompt length and chosen filters before the long step.
     asks = [(w, t) for w in work for t in w[2]]
-    answers = short.generate([_chat(tok, [{"role": "user", "content": user_content(t.chunk, t.question)}])
-                                for _, t in asks], cfg.answer_sampling)
-    for (_, turn), answer in zip(asks, answers):
-        turn.chosen = answer
+    answers = _generate(short, [_chat(tok, [{"role": "user", "content": user_content(t.chunk, t.question)}])
+                                for _, t in asks], cfg.answer_sampling, "chosen", stats)
+    for (_, turn), (answer, cut_off) in zip(asks, answers):
+        turn.chosen, turn.chosen_cut, turn.chosen_truncated = _complete_answer(answer, cut_off, cfg.filters,
+                                                                                "chosen", stats)
 
     # Rejected answers on the whole document, turn by turn (turn i follows turns < i of its branch). A
     # backend that keeps a document's KV cache between calls (hf) gets one document at a time, so turn
@@ -238,17 +273,37 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         turns = w[2][: kept[id(w)]]
         if not turns:
             continue
+        out_turns, counts = [], []
+        for x in turns:
+            out = {"question": x.question, "chunk": x.chunk, "chosen": x.chosen, "rejected": x.rejected}
+            out.update({f"{b}_cut": True for b in ("chosen", "rejected") if getattr(x, f"{b}_cut")})
+            out_turns.append(out)
+            # Response tokens of each short (reference) sequence: for per-token log-probs in the stats.
+            counts.append([sum(tokenize_short(tok, x.chunk, x.question, getattr(x, b), getattr(x, f"{b}_cut"))[1])
+                           for b in ("chosen", "rejected")])
         records.append({
             "id": w[0].id,
             "document": w[1].context,
-            "turns": [{"question": x.question, "chunk": x.chunk, "chosen": x.chosen, "rejected": x.rejected}
-                      for x in turns],
-            "meta": {"source": w[0].where, "chunks": len(w[1].chunks)},
+            "turns": out_turns,
+            "meta": {"source": w[0].where, "chunks": len(w[1].chunks), "answer_tokens": counts},
         })
     if records and cfg.reference and ref_backend is not None:
+        start = time.perf_counter()
         add_reference_logps(ref_backend, ref_backend.tokenizer, records)
+        stats["seconds"]["reference"] += time.perf_counter() - start
+        add_reference_stats(stats, records)
     stats["records"] = len(records)
     return records, stats
+
+
+def _turn_drop_reason(cfg: FilterConfig, answer: str, truncated: bool, earlier: list[str]) -> str | None:
+    """Why an answer (already trimmed where allowed) cannot be trained on, or None."""
+    if truncated:
+        return "truncated"
+    reason = drop_reason(answer, cfg)
+    if reason is None and cfg.drop_copied_answers and is_copy(answer, earlier):
+        return "copied_answer"
+    return reason
 
 
 def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int], stats: dict) -> None:
@@ -264,8 +319,10 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int],
             if len(w[2]) <= t:
                 continue
             turn = w[2][t]
-            short = _n_tokens(tok, user_content(turn.chunk, turn.question))
-            reason = chosen_drop_reason(turn.chosen, short, cfg.filters)
+            earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
+            too_long = _n_tokens(tok, user_content(turn.chunk, turn.question)) > cfg.filters.max_short_prompt_tokens
+            reason = "short_prompt_too_long" if too_long else _turn_drop_reason(cfg.filters, turn.chosen,
+                                                                                turn.chosen_truncated, earlier)
             if reason:
                 stats["dropped"][reason] += 1
             else:
@@ -278,20 +335,26 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int],
             messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0 else question})
             prompts.append(_chat(tok, messages))
         alive = []
-        for w, answer in zip(round_, backend.generate(prompts, cfg.answer_sampling) if prompts else []):
+        for w, (answer, cut_off) in zip(round_, _generate(backend, prompts, cfg.answer_sampling, "rejected", stats)):
             turn = w[2][t]
-            turn.rejected = answer
-            reason = drop_reason(answer, cfg.filters)
+            turn.rejected, turn.rejected_cut, truncated = _complete_answer(answer, cut_off, cfg.filters, "rejected",
+                                                                            stats)
+            earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
+            reason = _turn_drop_reason(cfg.filters, turn.rejected, truncated, earlier)
+            same = is_copy(turn.rejected, [turn.chosen])
+            if reason is None and same and cfg.filters.drop_chosen_equals_rejected:
+                reason = "chosen_equals_rejected"
             if reason:
                 stats["dropped"][reason] += 1
                 continue
             alive.append(w)
             kept[id(w)] = t + 1
             stats["pairs_kept"] += 1
-            stats["chosen_equals_rejected"] += int(turn.chosen.strip() == turn.rejected.strip())
-            for text in (turn.chosen, answer):
+            stats["chosen_equals_rejected"] += int(same)
+            for branch, text in (("chosen", turn.chosen), ("rejected", turn.rejected)):
                 n = _n_tokens(tok, text)
-                stats["hist"]["answer_tokens"][_bin(n)] += 1
+                stats["hist"][f"{branch}_tokens"][power_of_two_bin(n)] += 1
+                stats["answer_tokens"][branch] += n
                 stats["tokens"] += n
 
 
@@ -391,7 +454,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
         for b in {id(backend): backend, id(ref_backend): ref_backend}.values():
             if b is not None and hasattr(b, "close"):
                 b.close()
-    stats["skipped"] = Counter(stats["skipped"]) + Counter(skipped)
+    stats["skipped"] = merge_stats(Counter(stats["skipped"]), skipped)
     final = stats_json(stats)
     atomic_write_json(out / "stats.json", final)
     atomic_write_text(out / "summary.txt", summary(final) + "\n")

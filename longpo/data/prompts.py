@@ -18,8 +18,18 @@ QUESTION_TEMPLATE = (
 )
 QUESTION_PREFIX = "According to the passage above, "
 
-_NUMBERED = re.compile(r"^\s*(?:\*\*)?(?:Q(?:uestion)?\s*)?(\d{1,2})\s*(?:[.):\]-]|\*\*)\s*(.*)$", re.IGNORECASE)
-_BULLET = re.compile(r"^\s*[-*\u2022]\s+(.*)$")
+# A list label or a "Q:" / "question:" / "A:" prefix at the start of a line, bold or not: "1.", "2)",
+# "(3)", "Q4:", "**Question 5:**", "- ", "a) ", "A: ".
+_LABEL = re.compile(
+    r"^(?:[-*\u2022>#]+\s+|\**\s*(?:(?:q(?:uestion)?|a(?:nswer)?)\s*\d{0,2}\s*[:.)-]|\(?\d{1,2}\s*[.):\]-]|\(?[a-z]\))\s*\**\s*)",
+    re.IGNORECASE,
+)
+# "According to the text, ...", "Based on the passage, ...": the question starts after the comma.
+_LEAD = re.compile(r"^(?:according to|based on|in|from|within)\b[^,?]{0,60},\s*", re.IGNORECASE)
+INTERROGATIVES = frozenset(
+    "what why how when where which who whom whose whether is are was were do does did can could would should "
+    "will shall has have had may might must".split()
+)
 
 
 def question_prompt(template: str, chunk: str, k: int) -> str:
@@ -29,34 +39,83 @@ def question_prompt(template: str, chunk: str, k: int) -> str:
     return template.replace("{chunk}", chunk).replace("{k}", str(k))
 
 
-def _clean(question: str) -> str:
-    return question.strip().strip("*").strip()
+def strip_label(line: str) -> tuple[str, bool]:
+    """A line without its list labels and Q:/A: prefixes (all of them: "1. Q: ..."), and whether it had one."""
+    text, labelled = line.strip(), False
+    while (m := _LABEL.match(text)) and m.end() < len(text):
+        text, labelled = text[m.end():].strip(), True
+    return text.strip("*").strip(), labelled
 
 
-def parse_questions(reply: str, k: int) -> list[str] | None:
-    """Exactly k questions from a reply, or None.
+def is_question(text: str) -> bool:
+    """A question: it ends with a question mark, or (the model dropped it) it opens with an interrogative
+    word, after any "According to the text, " lead, and does not end like a statement (".", "!", ":")."""
+    if len(re.findall(r"[^\W\d_]{2,}", text)) < 2:  # two words of letters at least: not ". ? 44 ."
+        return False
+    if text.rstrip("*\"') ").endswith("?"):
+        return True
+    words = _LEAD.sub("", text).split()
+    return bool(words) and words[0].lower().strip("\"'(") in INTERROGATIVES and not text.endswith((".", "!", ":"))
 
-    Accepts numbered lists ("1. ...", "2) ...", "Q3: ...", "**4.** ..."), bullets, or one question
-    per line; a line that continues a numbered item is joined to it; headers such as
-    "Questions:" are ignored. A reply with more or fewer than k questions returns None.
+
+def extract_questions(reply: str) -> list[str]:
+    """Every question of a reply, in order, without labels or duplicates.
+
+    A labelled line ("1. ...", "- ...", "Q3: ...") starts an item; an unlabelled line continues the
+    previous labelled item while that item has not ended (no "?", "." or ":" at its end, as in a
+    question wrapped over two lines), else it is an item of its own. Each item is split after every
+    "?" (several questions on one line); only the pieces that are questions (`is_question`) are kept,
+    so prose, answers and headers ("Here are the questions:") are dropped.
     """
+    items: list[tuple[str, bool]] = []
+    for line in reply.splitlines():
+        text, labelled = strip_label(line)
+        if not text:
+            continue
+        if not labelled and items and items[-1][1] and not items[-1][0].endswith(("?", ".", ":")):
+            items[-1] = (f"{items[-1][0]} {text}", True)
+        else:
+            items.append((text, labelled))
+    questions: list[str] = []
+    seen: set[str] = set()
+    for item, _ in items:
+        for piece in re.split(r"(?<=\?)\s+", item):
+            piece = strip_label(piece)[0]
+            key = " ".join(piece.lower().split())
+            if is_question(piece) and key not in seen:
+                seen.add(key)
+                questions.append(piece)
+    return questions
+
+
+def extract_line_questions(reply: str) -> list[str]:
+    """The rule before issue 18, kept for presets: numbered items (else bullets, else every line that is
+    not a header) of two words or more, whether or not they are questions."""
     lines = [line.rstrip() for line in reply.strip().splitlines() if line.strip()]
     numbered: list[str] = []
-    saw_number = False
     for line in lines:
-        m = _NUMBERED.match(line)
-        if m:
-            saw_number = True
-            numbered.append(m.group(2))
-        elif saw_number and numbered and not line.rstrip().endswith(":"):
+        if m := _NUMBERED.match(line):
+            numbered.append(m.group(1))
+        elif numbered and not line.rstrip().endswith(":"):
             numbered[-1] = f"{numbered[-1]} {line.strip()}"
-    if saw_number:
-        questions = [_clean(q) for q in numbered]
-    else:
+    if not numbered:
         bullets = [m.group(1) for line in lines if (m := _BULLET.match(line))]
-        questions = [_clean(q) for q in (bullets or [line for line in lines if not line.endswith(":")])]
-    questions = [q for q in questions if len(q.split()) >= 2]
-    return questions if len(questions) == k else None
+        numbered = bullets or [line for line in lines if not line.endswith(":")]
+    return [q for q in (q.strip().strip("*").strip() for q in numbered) if len(q.split()) >= 2]
+
+
+_NUMBERED = re.compile(r"^\s*(?:\*\*)?(?:Q(?:uestion)?\s*)?\d{1,2}\s*(?:[.):\]-]|\*\*)\s*(.*)$", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*[-*\u2022]\s+(.*)$")
+
+# Name -> rule, chosen by the config key `question_parser` (a preset may pick another).
+QUESTION_PARSERS = {"questions": extract_questions, "lines": extract_line_questions}
+
+
+def parse_questions(reply: str, k: int, min_questions: int | None = None, parser: str = "questions") -> list[str] | None:
+    """The first k questions of a reply when it holds at least `min_questions` (default: k), else None."""
+    questions = QUESTION_PARSERS[parser](reply)
+    need = k if min_questions is None else min_questions
+    return questions[:k] if len(questions) >= need else None
 
 
 def pick_question(questions: list[str], rng: random.Random, prefix: str = QUESTION_PREFIX) -> str:

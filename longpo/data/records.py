@@ -12,8 +12,9 @@ fills the reference fields, `longpo train` reads them:
           "chosen": "<answer given only the chunk: y_w>",
           "rejected": "<answer given the whole document: y_l>",
           "ref_chosen_logp": -41.2,      # optional: log pi_S(chosen | [chunk; question]), summed
-          "ref_rejected_logp": -57.9     # optional: log pi_S(rejected | [chunk; question]), summed
-        }
+          "ref_rejected_logp": -57.9,    # optional: log pi_S(rejected | [chunk; question]), summed
+          "chosen_cut": true             # optional (also rejected_cut): the answer hit max_new_tokens and was
+        }                                #   trimmed; its end-of-turn token is not a response token
       ],
       "meta": {...}                      # optional, free-form (source, lengths, generator)
     }
@@ -21,7 +22,8 @@ fills the reference fields, `longpo train` reads them:
 Prompts: the first user message is `user_content(document, question_1)`; later turns carry only
 their question. The short (reference) prompt of turn i is `user_content(chunk_i, question_i)`
 alone, without earlier turns. Labels cover assistant tokens only, found by rendering the model's
-own chat template turn by turn (no `{% generation %}` markers needed).
+own chat template turn by turn (no `{% generation %}` markers needed); the end-of-turn token of an
+answer marked `*_cut` is left out of them, since the model never generated it there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from longpo.files import read_jsonl
 
 REQUIRED_TURN_FIELDS = ("question", "chunk", "chosen", "rejected")
 REF_FIELDS = ("ref_chosen_logp", "ref_rejected_logp")
+CUT_FIELDS = ("chosen_cut", "rejected_cut")
 
 
 class RecordError(InputError):
@@ -92,6 +95,9 @@ def validate_record(record: Any, where: str, require_reference: bool = False) ->
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise RecordError(f"{label}: field 'turns[{i}].{key}' must be a finite number, got {value!r}")
+        for key in CUT_FIELDS:
+            if turn.get(key) is not None and not isinstance(turn[key], bool):
+                raise RecordError(f"{label}: field 'turns[{i}].{key}' must be true or false, got {turn[key]!r}")
     return record
 
 
@@ -175,12 +181,14 @@ def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = F
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict]) -> tuple[list[int], list[bool]]:
+def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[int] = frozenset()
+                          ) -> tuple[list[int], list[bool]]:
     """Token ids of a conversation and a mask that is True on assistant-message tokens.
 
     The assistant span of message k is the text between the template rendered up to k with a
     generation prompt and the template rendered through k. A token is a response token when its
-    first character lies in such a span (the turn's end-of-turn token included).
+    first character lies in such a span (the turn's end-of-turn token included, except for the
+    messages in `cut`, answers that never generated it: their span ends with their content).
     """
     text = render(tokenizer, messages)
     spans = []
@@ -194,7 +202,14 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict]) -> tuple[list[in
                 "the chat template does not render conversations as growing prefixes; "
                 "cannot locate assistant tokens (is it a template that rewrites earlier turns?)"
             )
-        spans.append((len(before), len(through)))
+        end = len(through)
+        if k in cut:
+            at = text.find(message["content"], len(before), end)
+            if at < 0:
+                raise RecordError(f"message {k}: the chat template does not render the answer text verbatim; "
+                                  "cannot find where its end-of-turn tokens start")
+            end = at + len(message["content"])
+        spans.append((len(before), end))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     mask = []
@@ -203,11 +218,17 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict]) -> tuple[list[in
     return ids, mask
 
 
-def tokenize_short(tokenizer: Any, chunk: str, question: str, answer: str) -> tuple[list[int], list[bool]]:
-    """The short (reference) sequence [chunk; question] -> answer of one turn."""
+def tokenize_short(tokenizer: Any, chunk: str, question: str, answer: str, cut: bool = False
+                   ) -> tuple[list[int], list[bool]]:
+    """The short (reference) sequence [chunk; question] -> answer of one turn (`cut`: no end-of-turn label)."""
     messages = [{"role": "user", "content": user_content(chunk, question)},
                 {"role": "assistant", "content": answer}]
-    return tokenize_conversation(tokenizer, messages)
+    return tokenize_conversation(tokenizer, messages, frozenset({1}) if cut else frozenset())
+
+
+def cut_messages(turns: list[dict], branch: str) -> frozenset[int]:
+    """Indices, in `conversation(...)`, of the branch's answers marked cut (turn i's answer is message 2i+1)."""
+    return frozenset(2 * i + 1 for i, turn in enumerate(turns) if turn.get(f"{branch}_cut"))
 
 
 def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
@@ -216,10 +237,11 @@ def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
     The prefix ends at the first response token (or earlier, where the two renderings differ),
     so every response token of both branches lies in its branch.
     """
-    chosen_ids, chosen_mask = tokenize_conversation(tokenizer, conversation(record["document"], record["turns"], "chosen"))
+    turns = record["turns"]
+    chosen_ids, chosen_mask = tokenize_conversation(
+        tokenizer, conversation(record["document"], turns, "chosen"), cut_messages(turns, "chosen"))
     rejected_ids, rejected_mask = tokenize_conversation(
-        tokenizer, conversation(record["document"], record["turns"], "rejected")
-    )
+        tokenizer, conversation(record["document"], turns, "rejected"), cut_messages(turns, "rejected"))
     limit = min(chosen_mask.index(True) if True in chosen_mask else len(chosen_ids),
                 rejected_mask.index(True) if True in rejected_mask else len(rejected_ids))
     p = 0
@@ -229,7 +251,6 @@ def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
         raise RecordError(f"record {record['id']!r}: chosen and rejected share no prompt tokens")
     if not any(chosen_mask[p:]) or not any(rejected_mask[p:]):
         raise RecordError(f"record {record['id']!r}: an answer tokenises to no response token")
-    turns = record["turns"]
     ref_c = sum(t["ref_chosen_logp"] for t in turns) if has_reference(record) else None
     ref_r = sum(t["ref_rejected_logp"] for t in turns) if has_reference(record) else None
     return TokenizedPair(

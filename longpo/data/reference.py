@@ -63,7 +63,8 @@ def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = Fa
                 field = f"ref_{branch}_logp"
                 if turn.get(field) is not None and not overwrite:
                     continue
-                ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], turn[branch])
+                ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], turn[branch],
+                                           bool(turn.get(f"{branch}_cut")))
                 slots.append((r, t, field))
                 sequences.append(ids)
                 masks.append(mask)

@@ -53,7 +53,12 @@ def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
             "min_doc_tokens": length // 2, "max_doc_tokens": length, "min_chunk_tokens": 40,
             "max_chunk_tokens": 96, "num_questions": 2, "num_turns": 2, "question_template": ASK_TEMPLATE,
             "question_prefix": "", "question_sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 40},
-            "answer_sampling": {"temperature": 0.0, "max_new_tokens": 8}, "filters": {"min_words": 1},
+            "answer_sampling": {"temperature": 0.0, "max_new_tokens": 8},
+            # The pre-issue-18 rules: the toy's rejected answers babble to max_new_tokens (kept, without an
+            # end-of-turn label), its questions name people a chunk may not hold, its answers repeat.
+            "question_parser": "lines", "min_questions": 2,
+            "filters": {"min_words": 1, "truncated": "keep", "require_specific_question": False,
+                        "drop_copied_answers": False, "max_repeated_ngram_ratio": 1.0},
             "reference": False, "documents_per_group": 16, "seed": seed, "progress": False}
 
 

@@ -21,6 +21,7 @@ from longpo.data.corpus import CorpusError
 from longpo.data.generate import Config, generate, merge
 from longpo.data.records import read_records
 from longpo.toy.tiny import build_tiny_model
+from tests.data.ending import end_answers
 from tests.data.loopback import LoopbackServer
 from tests.data.test_reference import direct_logp
 
@@ -42,7 +43,9 @@ def small(**extra):
                   num_turns=2, documents_per_group=2, progress=False,
                   question_sampling={"temperature": 0.0, "max_new_tokens": 4},
                   answer_sampling={"temperature": 0.0, "max_new_tokens": 10},
-                  filters={"min_words": 0, "max_repeat_ratio": 1.0, "refusal_phrases": []})
+                  filters={"min_words": 0, "max_repeat_ratio": 1.0, "refusal_phrases": [],
+                           "max_repeated_ngram_ratio": 1.0, "drop_copied_answers": False,
+                           "require_specific_question": False})
     values.update(extra)
     return values
 
@@ -56,7 +59,8 @@ class ScriptedQuestions(HFBackend):
 
 
 def test_hf_end_to_end_records_are_trainable_with_exact_reference(tmp_path, tokenizer):
-    model = build_tiny_model("llama", dtype=torch.float64, seed=7)
+    # A random model never ends an answer, and an answer cut at max_new_tokens is dropped: end them.
+    model = end_answers(build_tiny_model("llama", dtype=torch.float64, seed=7), tokenizer.eos_token_id)
     backend = ScriptedQuestions(model, tokenizer, reuse_across_calls=True)
     cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 3)), output_dir=str(tmp_path / "o")))
     stats = generate(cfg, backend=backend, ref_backend=backend)
@@ -87,9 +91,10 @@ def canned(delay=0.0):
         if isinstance(prompt, list):
             return 200, {"choices": [{"text": "", "logprobs": {"token_logprobs": [None] + [-0.25] * len(prompt)}}]}
         if MARK in prompt:
-            return 200, {"choices": [{"text": QUESTIONS}]}
+            return 200, {"choices": [{"text": QUESTIONS, "finish_reason": "stop"}]}
         h = hashlib.sha1(prompt.encode()).hexdigest()
-        return 200, {"choices": [{"text": f"The answer is {h[:6]} near the {WORDS[int(h[6], 16) % len(WORDS)]}."}]}
+        return 200, {"choices": [{"text": f"The answer is {h[:6]} near the {WORDS[int(h[6], 16) % len(WORDS)]}.",
+                                  "finish_reason": "stop"}]}
 
     return reply
 
@@ -204,6 +209,7 @@ class Recorder:
 
     def generate(self, prompts, sampling):
         self.prompts += prompts
+        self.finish_reasons = ["stop"] * len(prompts)
         return [QUESTIONS if MARK in p else f"The {self.name} model says {hashlib.sha1(p.encode()).hexdigest()[:8]}."
                 for p in prompts]
 

@@ -1,4 +1,4 @@
-"""Question-reply parsing (exactly k questions, else None), picking, and the answer filters."""
+"""Question-reply parsing (at least min_questions, default k, else None), picking, and the answer filters."""
 
 import random
 
@@ -30,13 +30,18 @@ def test_well_formed_replies_parse(reply):
 
 @pytest.mark.parametrize("reply", [
     "\n".join(f"{i + 1}. {q}" for i, q in enumerate(Q[:3])),          # too few
-    "\n".join(f"{i + 1}. {q}" for i, q in enumerate(Q + Q[:1])),       # too many
     "",                                                                # empty
     "I'm sorry, I cannot write questions about this text.",           # a refusal, one line
     "1.\n2.\n3.\n4.",                                                  # numbers without questions
 ])
 def test_malformed_or_miscounted_replies_give_none(reply):
     assert parse_questions(reply, 4) is None
+
+
+def test_more_questions_than_asked_give_the_first_k():
+    """Issue 18: a reply is usable when it holds enough questions; extra ones are not a reason to drop it."""
+    reply = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(Q + ["Where does the road end?"]))
+    assert parse_questions(reply, 4) == Q
 
 
 def test_pick_question_is_seeded_and_prefixed():
