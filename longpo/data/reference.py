@@ -28,14 +28,18 @@ from tqdm import tqdm
 from longpo.backends import make_backend
 from longpo.config import help_field, write_resolved_config
 from longpo.data.records import read_records, tokenize_short
+from longpo.data.released import is_released
+from longpo.data.released_reference import run_released
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl
 from longpo.models import check_local
 
 
 @dataclass(kw_only=True)
 class Config:
-    input: str = help_field(help="preference records: a JSONL / Parquet file or a folder of them")
-    output: str = help_field(help="output JSONL file with the reference fields filled")
+    input: str = help_field(help="preference records: a JSONL / Parquet file or a folder of them; or a released "
+                                 "tokenized set (save_to_disk folder / Parquet, found by its columns)")
+    output: str = help_field(help="output JSONL file with the reference fields filled (for a released set: "
+                                  "a save_to_disk folder, a copy with ref_chosen_logp / ref_rejected_logp)")
     model: str = help_field(help="the ORIGINAL (short-context) model: a local folder, or the served name for "
                                  "backend=openai")
     tokenizer: str | None = help_field(None, "tokenizer folder; default: the model folder")
@@ -92,6 +96,10 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None and cfg.backend != "openai":
         check_local(cfg.model)  # before reading anything
+    make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
+                                                     **cfg.backend_args))
+    if is_released(cfg.input):  # tokenized already: scored from its stored short sequences
+        return run_released(cfg, make)
     records = read_records(cfg.input)
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")
@@ -99,8 +107,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     done = _completed_rows(partial)
     done_ids = {row["id"] for row in done}
     todo = [rec for rec in records if rec["id"] not in done_ids]
-    backend = backend_factory() if backend_factory else make_backend(
-        cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
+    backend = make()
     start, tokens = time.perf_counter(), 0
     try:
         bar = tqdm(total=len(records), initial=len(done), desc="reference", unit="rec", disable=not cfg.progress)
