@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from longpo.data.records import read_records
+from longpo.data.record_table import RecordTable
 from longpo.data.released import ReleasedRecords, is_released
 
 
@@ -21,4 +21,4 @@ def open_records(path: str | Path, require_reference: bool = False) -> Sequence:
         records = ReleasedRecords(path, require_reference)
         records.check()
         return records
-    return read_records(path, require_reference=require_reference)
+    return RecordTable(path, require_reference)
