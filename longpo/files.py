@@ -48,17 +48,42 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
     With `tolerate_torn_tail`, an unparsable LAST line (a write cut by a crash) is ignored.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    with open(path, encoding="utf-8") as f:  # line by line: a file of long documents is never held whole
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                # Only a last line can lack its newline, so that alone marks a torn tail.
+                if tolerate_torn_tail and not line.endswith("\n"):
+                    return
+                raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def truncate_torn_tail(path: str | os.PathLike, block: int = 1 << 20) -> None:
+    """End a JSON-lines file at its last complete row: an unparsable last line without its newline (a
+    write cut by a crash) is cut off, a complete one gets its newline. Reads back from the end only."""
+    with open(path, "rb+") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        start = 0
+        while pos > 0:
+            lo = max(0, pos - block)
+            f.seek(lo)
+            cut = f.read(pos - lo).rfind(b"\n")
+            if cut >= 0:
+                start = lo + cut + 1
+                break
+            pos = lo
+        if start == end:
+            return
+        f.seek(start)
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
-                return
-            raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        yield row
+            json.loads(f.read())
+        except ValueError:
+            f.truncate(start)
+            return
+        f.write(b"\n")

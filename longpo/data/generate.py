@@ -18,6 +18,7 @@ duplicates a pair. Outputs: `records-*.jsonl`, `manifest.json`, `stats.json`, `r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 import sys
@@ -412,7 +413,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     from tqdm import tqdm
 
     from longpo.config import write_resolved_config
-    from longpo.data.corpus import CorpusError, iter_documents
+    from longpo.data.corpus import CorpusError
     from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
     if backend is None and cfg.backend != "openai":
@@ -422,18 +423,18 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     manifest_path = out / "manifest.json"
     manifest = _load_manifest(manifest_path, cfg)
     skipped: dict = {}
-    total_docs = len({d.id for d in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, {})
-                      if in_shard(d.id, cfg.num_shards, cfg.shard_index)})
-    if total_docs == 0:
+    groups = _groups(cfg, skipped)  # the corpus is read once, as generation goes (no counting pass)
+    first = next(groups, None)
+    if first is None:
         raise CorpusError(f"corpus {cfg.corpus}: no documents (in shard {cfg.shard_index} of {cfg.num_shards})")
     if backend is None:
         backend, ref_backend = _make_backends(cfg)
     stats = merge_stats(new_stats(), manifest["stats"])
     done = set(manifest["done_groups"])
-    bar = tqdm(total=total_docs, unit="doc", desc="generate", disable=not cfg.progress, file=sys.stderr)
+    bar = tqdm(unit="doc", desc="generate", disable=not cfg.progress, file=sys.stderr)  # total unknown: one pass
     start, tokens = time.perf_counter(), 0  # tokens read and written by this run (documents + answers)
     try:
-        for index, docs in _groups(cfg, skipped):
+        for index, docs in itertools.chain([first], groups):
             if index in done:
                 bar.update(len(docs))
                 continue
@@ -476,31 +477,41 @@ def _load_manifest(path: Path, cfg: Config) -> dict:
 
 
 def merge(inputs: list[str], output: str) -> dict:
-    """Combine the outputs of several shard jobs: records deduplicated by id, stats summed."""
+    """Combine the outputs of several shard jobs: records deduplicated by id, stats summed.
+
+    Records are streamed from memory-mapped tables into the merged file, one at a time.
+    """
     import json
+    import os
 
-    from longpo.data.records import read_records
-    from longpo.files import atomic_write_json, atomic_write_jsonl
+    from longpo.data.record_table import RecordTable
+    from longpo.files import atomic_write_json
 
-    records, seen, stats = [], set(), new_stats()
-    for folder in inputs:
-        folder_path = Path(folder)
-        if not (folder_path / "manifest.json").exists():
-            raise InputError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
-        for rec in read_records(folder_path) if any(folder_path.glob("*.jsonl")) else []:
-            if rec["id"] not in seen:
-                seen.add(rec["id"])
-                records.append(rec)
-        stats_file = folder_path / "stats.json"
-        part = json.loads(stats_file.read_text()) if stats_file.exists() else json.loads(
-            (folder_path / "manifest.json").read_text())["stats"]
-        stats = merge_stats(stats, part)
-    stats["records"] = len(records)
     out = Path(output)
-    if records:  # an empty file would not read back as records
-        atomic_write_jsonl(out / "records-merged.jsonl", records)
+    out.mkdir(parents=True, exist_ok=True)
+    merged, tmp = out / "records-merged.jsonl", out / f".records-merged.jsonl.tmp.{os.getpid()}"
+    seen, stats = set(), new_stats()
+    with open(tmp, "w", encoding="utf-8") as f:
+        for folder in inputs:
+            folder_path = Path(folder)
+            if not (folder_path / "manifest.json").exists():
+                raise InputError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
+            table = RecordTable(folder_path) if any(folder_path.glob("*.jsonl")) else []
+            for rec in table:
+                if rec["id"] not in seen:
+                    seen.add(rec["id"])
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            stats_file = folder_path / "stats.json"
+            part = json.loads(stats_file.read_text()) if stats_file.exists() else json.loads(
+                (folder_path / "manifest.json").read_text())["stats"]
+            stats = merge_stats(stats, part)
+    if seen:  # an empty file would not read back as records
+        os.replace(tmp, merged)
+    else:
+        tmp.unlink()
+    stats["records"] = len(seen)
     atomic_write_json(out / "stats.json", stats_json(stats))
-    atomic_write_json(out / "manifest.json", {"merged_from": [str(p) for p in inputs], "records": len(records)})
+    atomic_write_json(out / "manifest.json", {"merged_from": [str(p) for p in inputs], "records": len(seen)})
     return stats_json(stats)
 
 

@@ -107,29 +107,38 @@ def has_reference(record: dict) -> bool:
 
 def read_records(path: str | Path, require_reference: bool = False) -> list[dict]:
     """Read and validate records from a JSONL or Parquet file (or a folder of them) with `datasets`."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
-        if not files:
-            raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise RecordError(f"{path}: no such file or folder")
     records = []
-    for file in files:
-        kind = "parquet" if file.suffix == ".parquet" else "json"
-        if kind == "json":
-            _check_json_lines(file)
-        try:
-            ds = datasets.load_dataset(kind, data_files=str(file), split="train")
-        except Exception as e:  # datasets wraps parser errors in many types
-            raise RecordError(f"{file}: cannot be read as {kind}: {e}") from e
+    for file in record_files(path):
+        kind, ds = load_record_file(file)
         for i, row in enumerate(ds):
             where = f"{file}:{i + 1}" if kind == "json" else f"{file} row {i}"
             records.append(validate_record(_strip_nulls(row), where, require_reference))
     _check_unique_ids(records)
     return records
+
+
+def record_files(path: str | Path) -> list[Path]:
+    """The record files at `path`: the file itself, or the .jsonl / .parquet files of a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+        if not files:
+            raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
+        return files
+    if path.is_file():
+        return [path]
+    raise RecordError(f"{path}: no such file or folder")
+
+
+def load_record_file(file: Path) -> tuple[str, datasets.Dataset]:
+    """("json" | "parquet", the file as a memory-mapped Arrow table); row numbers of `where` follow the kind."""
+    kind = "parquet" if file.suffix == ".parquet" else "json"
+    if kind == "json":
+        _check_json_lines(file)
+    try:
+        return kind, datasets.load_dataset(kind, data_files=str(file), split="train")
+    except Exception as e:  # datasets wraps parser errors in many types
+        raise RecordError(f"{file}: cannot be read as {kind}: {e}") from e
 
 
 def _check_json_lines(file: Path) -> None:

@@ -27,15 +27,20 @@ from tqdm import tqdm
 
 from longpo.backends import make_backend
 from longpo.config import help_field, write_resolved_config
-from longpo.data.records import read_records, tokenize_short
-from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl
+from longpo.data.record_table import RecordTable
+from longpo.data.records import tokenize_short
+from longpo.data.released import is_released
+from longpo.data.released_reference import run_released
+from longpo.files import append_jsonl, read_jsonl, truncate_torn_tail
 from longpo.models import check_local
 
 
 @dataclass(kw_only=True)
 class Config:
-    input: str = help_field(help="preference records: a JSONL / Parquet file or a folder of them")
-    output: str = help_field(help="output JSONL file with the reference fields filled")
+    input: str = help_field(help="preference records: a JSONL / Parquet file or a folder of them; or a released "
+                                 "tokenized set (save_to_disk folder / Parquet, found by its columns)")
+    output: str = help_field(help="output JSONL file with the reference fields filled (for a released set: "
+                                  "a save_to_disk folder, a copy with ref_chosen_logp / ref_rejected_logp)")
     model: str = help_field(help="the ORIGINAL (short-context) model: a local folder, or the served name for "
                                  "backend=openai")
     tokenizer: str | None = help_field(None, "tokenizer folder; default: the model folder")
@@ -80,33 +85,36 @@ def add_reference_logps(backend: Any, tokenizer: Any, records: list[dict], overw
     return records
 
 
-def _completed_rows(partial: Path) -> list[dict]:
-    """Complete rows of an interrupted run; a torn last line is dropped and the file rewritten."""
+def _completed_ids(partial: Path) -> set[str]:
+    """Ids of the complete rows of an interrupted run; a torn last line is cut off the file."""
     if not partial.exists():
-        return []
-    rows = list(read_jsonl(partial, tolerate_torn_tail=True))
-    atomic_write_jsonl(partial, rows)
-    return rows
+        return set()
+    ids = {row["id"] for row in read_jsonl(partial, tolerate_torn_tail=True)}
+    truncate_torn_tail(partial)
+    return ids
 
 
 def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None and cfg.backend != "openai":
         check_local(cfg.model)  # before reading anything
-    records = read_records(cfg.input)
+    make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
+                                                     **cfg.backend_args))
+    if is_released(cfg.input):  # tokenized already: scored from its stored short sequences
+        return run_released(cfg, make)
+    records = RecordTable(cfg.input)  # memory-mapped: a group of records is read at a time
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")
     partial = output.with_name(output.name + ".partial")
-    done = _completed_rows(partial)
-    done_ids = {row["id"] for row in done}
-    todo = [rec for rec in records if rec["id"] not in done_ids]
-    backend = backend_factory() if backend_factory else make_backend(
-        cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
+    done_ids = _completed_ids(partial)
+    todo = [i for i, rid in enumerate(records.ids) if rid not in done_ids]
+    backend = make()
     start, tokens = time.perf_counter(), 0
     try:
-        bar = tqdm(total=len(records), initial=len(done), desc="reference", unit="rec", disable=not cfg.progress)
+        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="reference", unit="rec",
+                   disable=not cfg.progress)
         for i in range(0, len(todo), cfg.records_per_call):
-            group = todo[i : i + cfg.records_per_call]
+            group = [records[k] for k in todo[i : i + cfg.records_per_call]]
             _, sequences, _ = reference_requests(backend.tokenizer, group, cfg.overwrite)
             tokens += sum(len(s) for s in sequences)
             add_reference_logps(backend, backend.tokenizer, group, cfg.overwrite)
@@ -118,7 +126,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     finally:
         backend.close()
     os.replace(partial, output)
-    return {"records": len(records), "resumed": len(done), "scored": len(todo), "tokens": tokens}
+    return {"records": len(records), "resumed": len(records) - len(todo), "scored": len(todo), "tokens": tokens}
 
 
 def main(cfg: Config) -> int:

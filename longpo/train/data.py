@@ -51,12 +51,12 @@ class MicroBatch:
     weight: float  # 1.0, or 0.0 for a filler that only keeps ranks in step
 
 
-def tokenize_share(tokenizer: Any, records: list[dict], max_length: int,
+def tokenize_share(tokenizer: Any, records: list[dict | TokenizedPair], max_length: int,
                    skip_overlong: bool) -> tuple[list[TokenizedPair], list[tuple[str, int]]]:
-    """Tokenise records; return the pairs that fit and (id, length) of those that do not."""
+    """Tokenise records (released pairs come tokenised); return the pairs that fit and (id, length) of the rest."""
     pairs, skipped = [], []
     for record in records:
-        pair = tokenize_pair(tokenizer, record)
+        pair = record if isinstance(record, TokenizedPair) else tokenize_pair(tokenizer, record)
         length = sequence_length(pair)
         if length <= max_length:
             pairs.append(pair)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from longpo.config import config_to_dict, help_field, write_resolved_config
-from longpo.data.records import read_records
+from longpo.data.sources import open_records
 from longpo.models import DTYPES, check_local, load_model, load_tokenizer
 from longpo.toy.run import prepare_tiny_run, tiny_run_paths
 from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
@@ -94,8 +94,9 @@ class Config:
     liger_kernels: bool = help_field(False, "Liger's fused RMSNorm / SwiGLU / RoPE (CUDA; pip install 'longpo[liger]')")
     logp_chunk_size: int | None = help_field(None, "positions per lm_head chunk; None: from the vocab size")
     # data
-    train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder); "
-                                              "built in output_dir when model is 'tiny'")
+    train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder) or a released "
+                                              "tokenized set (save_to_disk folder / Parquet, found by its "
+                                              "columns); built in output_dir when model is 'tiny'")
     max_length: int = help_field(131072, "longest sequence (prefix + longer answer) trained on")
     skip_overlong: bool = help_field(True, "skip and count longer pairs (their ids are logged); false: raise")
     pairs_per_micro_batch: int = help_field(1, "pairs packed into one row per forward")
@@ -237,7 +238,7 @@ class Trainer:
         check_local(cfg.model)  # before anything loads: a hub id is refused here, nothing is downloaded
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.filler = filler_pair(self.tokenizer)
-        self.records = read_records(cfg.train_file, require_reference=cfg.loss == "longpo")
+        self.records = open_records(cfg.train_file, require_reference=cfg.loss == "longpo")
         self.setup_models()
         self.setup_schedule()
         self.step, self.skipped_total = 0, 0

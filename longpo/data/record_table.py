@@ -1,0 +1,69 @@
+"""Text records that stay on disk: a memory-mapped Arrow table indexed by position.
+
+`datasets` converts each JSONL / Parquet file once into Arrow files in its cache and maps them
+into memory; `RecordTable(path)[i]` reads record i from there when a step needs it, so a rank's
+private memory holds the current step's records and the ids, not the corpus (the released 128K
+set is about 20 GB of text per rank as Python strings). Positions are those of `read_records`
+(files in name order, rows in file order), so `epoch_order` / `rank_share` and checkpoints mean
+the same records whichever reader built them.
+
+Every record is validated once when the table opens (a bad record stops the run before
+training, naming its file and line) and again, cheaply, when it is read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import datasets
+
+from longpo.data.records import (
+    RecordError,
+    _strip_nulls,
+    load_record_file,
+    record_files,
+    validate_record,
+)
+
+
+class RecordTable(Sequence):
+    """Validated records of a file or folder, read on demand: `len(table)`, `table[i]`, `table.ids`."""
+
+    def __init__(self, path: str | Path, require_reference: bool = False):
+        self.path, self.require_reference = str(path), require_reference
+        self.files, tables, self.kinds, self.starts = [], [], [], []
+        for file in record_files(path):
+            kind, ds = load_record_file(file)
+            self.starts.append(sum(len(t) for t in tables))
+            self.files.append(file)
+            self.kinds.append(kind)
+            tables.append(ds)
+        self.table = datasets.concatenate_datasets(tables) if len(tables) > 1 else tables[0]
+        self.ids: list[str] = []
+        seen: dict[str, int] = {}
+        for i, row in enumerate(self.table):
+            rid = validate_record(_strip_nulls(row), self.where(i), require_reference)["id"]
+            if rid in seen:
+                raise RecordError(f"record {i}: id {rid!r} repeats record {seen[rid]}")
+            seen[rid] = i
+            self.ids.append(rid)
+
+    def where(self, index: int) -> str:
+        """`file:line` (JSONL) or `file row k` (Parquet) of record `index`, for error messages."""
+        f = bisect.bisect_right(self.starts, index) - 1
+        local = index - self.starts[f]
+        return f"{self.files[f]}:{local + 1}" if self.kinds[f] == "json" else f"{self.files[f]} row {local}"
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        return validate_record(_strip_nulls(self.table[index]), self.where(index), self.require_reference)
+
+    def __iter__(self) -> Iterator[dict]:
+        for index, row in enumerate(self.table):
+            yield validate_record(_strip_nulls(row), self.where(index), self.require_reference)
