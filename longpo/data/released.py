@@ -2,7 +2,6 @@
 
 The released data (e.g. Mistral-7B-LongPO-128K-tokenized) is a `datasets.save_to_disk` folder
 (or Parquet) with one row per sample and these columns:
-
     chosen_input_ids / chosen_attention_mask / chosen_labels        the long chosen sequence
     rejected_input_ids / rejected_attention_mask / rejected_labels  the long rejected sequence
     ref_chosen_* / ref_rejected_*      n short sequences [C_S,i; I_i] -> y_i, one per turn
@@ -12,7 +11,6 @@ short ones as n rows, right-padded to the longest. Labels are the input ids them
 shifted) on response tokens and -100 on the prompt, on later user turns and on padding.
 
 A row becomes our shared-prefix pair directly from the ids, with no tokenizer involved:
-
     p        = index of the first label (the same in both branches: their prompt is one prompt)
     prefix   = ids[:p]                    (chosen and rejected must agree there)
     chosen   = chosen_ids[p:],   chosen_mask   = chosen_labels[p:]   != -100

@@ -16,6 +16,7 @@ from longpo.data.records import RecordError, read_records
 from longpo.files import read_jsonl, truncate_torn_tail
 from longpo.toy.tiny import build_tiny_model
 from tests.conftest import make_record
+from tests.data.ending import end_answers
 from tests.data.test_generate import ScriptedQuestions, small, write_corpus
 
 
@@ -65,7 +66,9 @@ def test_generate_reads_the_corpus_once(tmp_path, tokenizer, monkeypatch):
     calls = []
     real = corpus.iter_documents
     monkeypatch.setattr(corpus, "iter_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
-    backend = ScriptedQuestions(build_tiny_model("llama", dtype=torch.float64, seed=7), tokenizer)
+    # A random model never ends an answer, and an answer cut at max_new_tokens is dropped: end them.
+    model = end_answers(build_tiny_model("llama", dtype=torch.float64, seed=7), tokenizer.eos_token_id)
+    backend = ScriptedQuestions(model, tokenizer)
     cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 3)), output_dir=str(tmp_path / "o")))
     stats = generate(cfg, backend=backend, ref_backend=backend)
     assert calls == [1] and stats["records"] == 3
