@@ -1,7 +1,7 @@
 """`longpo generate`: self-generated short-to-long preference pairs from long documents.
 
-    longpo generate --config configs/generate_tiny.yaml
-    longpo generate --config configs/generate_mistral-7b-128k.yaml --num-shards 8 --shard-index 3
+    longpo generate --config generate_tiny
+    longpo generate --config generate_mistral-7b-128k --num-shards 8 --shard-index 3
     longpo generate merge --inputs runs/gen/part0 runs/gen/part1 --output runs/gen/all
 
 Per document (the method: README, "longpo generate"): chunk it; for up to `num_turns` chunks ask the model

@@ -1,6 +1,6 @@
 """`longpo demo`: the whole method on the built-in toy, on a laptop CPU.
 
-    longpo demo                                  # = longpo demo --config configs/demo.yaml
+    longpo demo                                  # = longpo demo --config demo
     longpo demo output_dir=runs/demo2 seed=1
 
 1. The base model: the tiny chat model shipped in `longpo/demo/base_model` (trained on SHORT toy
