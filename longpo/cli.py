@@ -78,12 +78,12 @@ def setup_logging(verbose: bool) -> None:
     variables reach the libraries not yet imported and the processes a launcher starts."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose:
-        return
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    logging.getLogger("longpo").setLevel(logging.INFO)
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:

@@ -176,8 +176,14 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
     return {"table": table, "markdown": text}
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_accuracy(table: list[dict], path: Path) -> Path | None:
-    """Accuracy against document length, one line per model (short documents at the left)."""
+    """Two panels: accuracy against document length, one line per model (distinct markers and line
+    styles, each model shifted a little sideways so that equal values stay visible); and accuracy
+    on short documents (the base model's own training length), one dot per model, value written."""
     import os
 
     try:
@@ -188,20 +194,41 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in table:
-        keys = list(r["accuracy"])
-        ax.plot(range(len(keys)), [r["accuracy"][k] for k in keys], marker="o", label=r["model"])
-    ax.set_xticks(range(len(keys)), [k if k == "short" else f"{k}" for k in keys])
+    lengths = [k for k in table[0]["accuracy"] if k != "short"]
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(9.5, 4.0), gridspec_kw={"width_ratios": [2.2, 1]})
+    width = 0.08  # sideways shift between models, in units of one length step
+    for i, r in enumerate(table):
+        shift = (i - (len(table) - 1) / 2) * width
+        ax.plot([j + shift for j in range(len(lengths))], [r["accuracy"][k] for k in lengths],
+                marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=6,
+                linewidth=1.5, label=r["model"], color=f"C{i}")
+    ax.set_xticks(range(len(lengths)), [str(k) for k in lengths])
     ax.set_xlabel("document length (tokens)")
     ax.set_ylabel("fact lookup accuracy (%)")
-    ax.set_ylim(-2, 102)
+    ax.set_ylim(-3, 103)
+    ax.set_title("long documents", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower left")
+    if all("short" in r["accuracy"] for r in table):
+        # Dots, not bars: the models differ by a few points near 100, which bars from 0 would hide.
+        ys = list(range(len(table)))[::-1]
+        values = [r["accuracy"]["short"] for r in table]
+        for i, (y, v) in enumerate(zip(ys, values)):
+            bars.plot([v], [y], marker=MARKERS[i % len(MARKERS)], markersize=8, color=f"C{i}", linestyle="")
+            bars.annotate(f"{v:.1f}", (v, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        bars.set_yticks(ys, [r["model"] for r in table], fontsize=8)
+        bars.set_ylim(-0.7, len(table) - 0.3)
+        bars.set_xlim(max(0.0, min(values) - 5), 101)
+        bars.set_xlabel("accuracy (%)")
+        bars.set_title("short documents", fontsize=10)
+        bars.grid(alpha=0.3)
+    else:
+        bars.set_visible(False)
+    fig.suptitle("longpo demo: toy fact lookup after LongPO, SFT and DPO", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
     return path
