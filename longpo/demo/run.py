@@ -13,7 +13,8 @@
    training keys: SFT on the chosen answers and DPO (reference = the initial policy on the long
    prompt); each evaluated the same way.
 5. `report/`: `table.md` / `table.json` (accuracy per document length and on short documents),
-   `accuracy.png`, every stage's resolved config and the training metrics and generation stats.
+   `accuracy.png`, every stage's resolved config, the training metrics and `training.png` of every
+   training run, and the generation stats.
 
 Every stage is the library call behind its CLI (`longpo generate`, `reference`, `train`, and the
 runner of `longpo eval` with the toy task); only the configs are tiny. A rerun skips finished
@@ -167,7 +168,7 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
             target = report / "configs" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + path.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    for name in ("metrics.jsonl", "stats.json"):
+    for name in ("metrics.jsonl", "training.png", "stats.json"):
         for path in sorted(out.rglob(name)):
             if report not in path.parents:
                 target = report / "metrics" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + name)

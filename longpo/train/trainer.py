@@ -372,8 +372,9 @@ class Trainer:
         export_model(accelerator, self.module, self.tokenizer, export_dir)
         self.metrics.close()
         logger.info(f"exported the policy to {export_dir}")
-        if accelerator.is_main_process and (figure := plot_training(cfg.output_dir)):
-            logger.info(f"training curves: {figure}")
+        if accelerator.is_main_process and self.metrics.path.is_file():
+            if figure := plot_training(cfg.output_dir):
+                logger.info(f"training curves: {figure}")
         return {"export_dir": str(export_dir), "steps": self.step, "last": row, "skipped_overlong": self.skipped_total}
 
     def stop(self, what: str, micro: list) -> None:
