@@ -51,9 +51,9 @@ fi
 part tests 90 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_gpu.py
 part mistral_sdpa 170 python3 benchmarks/gpu_throughput.py --arch mistral --backend sdpa --steps 2 --rows ours plain --compare-plain 32768
 part mistral_flex 120 python3 benchmarks/gpu_throughput.py --arch mistral --backend flex --steps 2 --rows ours
-part train_cuda 60 python3 -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-cuda mixed_precision=bf16
-part train_fsdp2 50 python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp2.yaml --num_processes 1 \
-  -m longpo.cli train --config configs/tiny.yaml output_dir=/tmp/tiny-fsdp2 num_epochs=1
+part train_cuda 60 python3 -m longpo.cli train --config tiny output_dir=/tmp/tiny-cuda mixed_precision=bf16
+part train_fsdp2 50 python3 -m accelerate.commands.launch --config_file longpo/recipes/accelerate/fsdp2.yaml --num_processes 1 \
+  -m longpo.cli train --config tiny output_dir=/tmp/tiny-fsdp2 num_epochs=1
 part qwen2_sdpa 80 python3 benchmarks/gpu_throughput.py --arch qwen2 --backend sdpa --steps 1 --rows ours
 tail -n 3 /tmp/tiny-cuda/metrics.jsonl /tmp/tiny-fsdp2/metrics.jsonl 2>/dev/null | tee "$out/train_metrics.log"
 echo "=== done $(date +%T)"

@@ -1,8 +1,10 @@
 """`longpo <stage> [--config FILE.yaml] [key=value ...]`: all argument parsing, one error policy.
 
 Stages are plain modules, each with a `Config` dataclass and `main(cfg)`; they never parse argv.
-Sub-commands (`longpo generate merge ...`, `longpo eval compare A B`) are parsed here too and call
-the stage's library functions. Errors: a bad config, or an `InputError` raised by a stage (a bad
+Sub-commands (`longpo generate merge ...`, `longpo eval compare A B`) and the two helper commands
+(`longpo recipes [copy NAME [DEST]]`, `longpo plot RUN_DIR`) are parsed here too and call library
+functions. Logs: longpo's own at INFO, third-party libraries' at WARNING and their progress bars
+off; `-v` / `--verbose` shows everything. Errors: a bad config, or an `InputError` raised by a stage (a bad
 record, a missing file or model folder), prints one line `longpo <stage>: <message>` and exits 2
 (`--debug` shows the traceback as well); any other exception keeps its traceback. Stage modules
 are imported only when run, so `longpo --help` does not load torch.
@@ -13,12 +15,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from longpo import recipes
 from longpo.config import config_help, load_config
 from longpo.errors import InputError
+from longpo.train.plots import plot_training
 
 STAGES = {
     "generate": ("longpo.data.generate", "self-generate short-to-long preference pairs from long documents"),
@@ -30,14 +35,56 @@ STAGES = {
 }
 
 
+COMMANDS = {
+    "recipes": "list the packaged recipes; `recipes copy NAME [DEST]` writes one out to edit",
+    "plot": "redraw RUN_DIR/training.png from a (live or finished) training run's metrics.jsonl",
+}
+USAGE = "longpo <stage> [--config FILE.yaml | --config RECIPE] [key=value ...] [-v] [--debug]"
+# Libraries whose INFO lines (accelerate: five per checkpoint) and bars drown the stage's own output.
+QUIET_LOGGERS = ("accelerate", "datasets", "transformers", "torch", "huggingface_hub", "urllib3", "filelock",
+                 "httpx", "deepspeed", "vllm", "lm_eval")
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_VERBOSITY": "warning", "DATASETS_VERBOSITY": "warning"}
+
+
 def usage() -> str:
-    lines = ["usage: longpo <stage> [--config FILE.yaml] [key=value ...] [--debug]", "", "stages:"]
+    lines = [f"usage: {USAGE}", "", "stages:"]
     lines += [f"  {name:<10} {text}" for name, (_, text) in STAGES.items()]
+    lines += ["", "commands:"] + [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
     lines += ["", "sub-commands:", "  longpo generate merge --inputs DIR [DIR ...] --output DIR",
               "  longpo generate inspect DIR [--n N] [--seed S]",
-              "  longpo eval compare RUN_A RUN_B",
-              "", "`longpo <stage> --help` lists every config key of a stage with its default and meaning."]
+              "  longpo eval compare RUN_A RUN_B", "  longpo recipes copy NAME [DEST]", "  longpo plot RUN_DIR [--out FILE]",
+              "", "--config takes a YAML file or a packaged recipe's name (`longpo recipes` lists them).",
+              "`longpo <stage> --help` lists every config key of a stage with its default and meaning.",
+              "-v / --verbose: third-party INFO logs and progress bars too; --debug: tracebacks of input errors."]
     return "\n".join(lines)
+
+
+def stage_help(stage: str, module) -> str:
+    """Usage and examples first (the docstring's summary and its first indented blocks), then every
+    config key with its real default, then the rest of the docstring (how the stage works)."""
+    paragraphs = (module.__doc__ or "").strip("\n").split("\n\n")
+    head = 1
+    while head < len(paragraphs) and paragraphs[head].startswith("    "):
+        head += 1
+    out = [f"usage: {USAGE.replace('<stage>', stage)}", "", "\n\n".join(paragraphs[:head]), "",
+           "config keys (key=value on the command line; nested keys with dots):", *config_help(module.Config)]
+    if paragraphs[head:]:
+        out += ["", "how it works:", "\n\n".join(paragraphs[head:])]
+    return "\n".join(out)
+
+
+def setup_logging(verbose: bool) -> None:
+    """longpo at INFO; third-party loggers and progress bars quiet unless `verbose`. Environment
+    variables reach the libraries not yet imported and the processes a launcher starts."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("longpo").setLevel(logging.INFO)
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
@@ -113,6 +160,32 @@ SUBCOMMANDS = {("generate", "merge"): generate_merge, ("generate", "inspect"): g
                ("eval", "compare"): eval_compare}
 
 
+def recipes_command(argv: list[str]) -> int:
+    if not argv:
+        print(recipes.listing())
+        return 0
+    if argv[0] == "copy" and len(argv) in (2, 3) and not any(a.startswith("-") for a in argv[1:]):
+        target = recipes.copy(argv[1], argv[2] if len(argv) == 3 else None)
+        print(f"wrote {target} (edit it, then: --config {target})")
+        return 0
+    raise InputError("usage: longpo recipes            (list them)\n"
+                     "       longpo recipes copy NAME [DEST]   (write one out to edit; DEST: a file or folder)")
+
+
+def plot_command(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longpo plot", description=COMMANDS["plot"])
+    ap.add_argument("run_dir", help="output_dir of a `longpo train` run (holds metrics.jsonl)")
+    ap.add_argument("--out", help="image path (default: RUN_DIR/training.png)")
+    args = ap.parse_args(argv)
+    figure = plot_training(args.run_dir, args.out)
+    if figure is not None:
+        print(figure)
+    return 0 if figure is not None else 1
+
+
+RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command}
+
+
 # ------------------------------------------------------------------------------------- stages
 
 
@@ -123,8 +196,7 @@ def run_stage(stage: str, argv: list[str]) -> int:
     module = importlib.import_module(STAGES[stage][0])
     config, overrides, wants_help = split_args(argv)
     if wants_help:
-        print(f"{module.__doc__ or ''}\nconfig keys:")
-        print("\n".join(config_help(module.Config)))
+        print(stage_help(stage, module))
         return 0
     try:
         cfg = load_config(module.Config, config, overrides)
@@ -136,7 +208,8 @@ def run_stage(stage: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("--debug", "-v", "--verbose")]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -146,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     stage = argv[0]
-    if stage not in STAGES:
+    if stage not in STAGES and stage not in RUN_COMMANDS:
         print(f"longpo: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     try:
+        if stage in RUN_COMMANDS:
+            return RUN_COMMANDS[stage](argv[1:])
         return run_stage(stage, argv[1:])
     except InputError as e:
         if debug:

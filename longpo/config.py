@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from longpo import recipes
 from longpo.errors import InputError
 
 C = TypeVar("C")
@@ -109,12 +110,13 @@ def build_config(cls: type[C], values: dict, where: str = "config") -> C:
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
-    """Read `path` (YAML) if given, apply `key=value` overrides, validate into `cls`."""
+    """Read `path` (a YAML file, or a packaged recipe's name: `tiny`) if given, apply `key=value` overrides, validate into `cls`."""
     values: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        try:
+            path = recipes.resolve(path)  # a file as given, else the packaged recipe of that name
+        except recipes.RecipeError as e:
+            raise ConfigError(str(e)) from None
         with open(path, encoding="utf-8") as f:
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
@@ -140,21 +142,30 @@ def write_resolved_config(cfg: Any, out_dir: str | os.PathLike, name: str = "res
     return target
 
 
-def config_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per field, `name (type, default): help`, nested sections expanded."""
+def config_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field, `name (type, default): help`, nested sections expanded.
+
+    A nested section's defaults are read from the instance its field's default (or default_factory)
+    builds, so `question_sampling.temperature` shows the stage's 0.7, not the `Sampling` class's own
+    default; `defaults` is that instance while recursing."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = _unwrap_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
-            lines.extend(config_help(tp, prefix=f"{prefix}{f.name}."))
-            continue
         if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+            value = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            value = f.default_factory()
         else:
-            default = "required"
+            value = dataclasses.MISSING
+        if defaults is not None:
+            value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            nested = value if dataclasses.is_dataclass(value) else None
+            lines.append(f"  {prefix}{f.name}: {f.metadata.get('help', '')}")
+            lines.extend(config_help(tp, prefix=f"{prefix}{f.name}.", defaults=nested))
+            continue
+        default = "required" if value is dataclasses.MISSING else repr(value)
         type_name = getattr(tp, "__name__", str(tp))
         lines.append(f"  {prefix}{f.name} ({type_name}, default {default}): {f.metadata.get('help', '')}")
     return lines

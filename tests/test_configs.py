@@ -1,4 +1,4 @@
-"""Every YAML recipe in configs/ loads into the config of the stage its header command runs; the
+"""Every YAML recipe in longpo/recipes loads into the config of the stage its header command runs; the
 accelerate configs point at DeepSpeed JSONs that leave the optimizer to torch."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import yaml
 from longpo.cli import STAGES
 from longpo.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "longpo" / "recipes"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
 COMMAND = re.compile(r"^#\s+(?:.*\s)?(?:longpo|-m longpo\.cli)\s+(\w+)\b", re.MULTILINE)
 
@@ -29,7 +30,7 @@ def test_recipe_loads_into_its_stage_config(path):
     text = header(path)
     stages = COMMAND.findall(text)
     assert stages, f"{path.name}: the header comment must give the command that runs it (`longpo <stage> ...`)"
-    assert path.name in text, f"{path.name}: the header command must name the file itself"
+    assert f"--config {path.stem}" in text, f"{path.name}: the header command must name the recipe itself"
     module = importlib.import_module(STAGES[stages[0]][0])
     if hasattr(module, "Config"):
         load_config(module.Config, path)
@@ -51,9 +52,10 @@ def test_training_recipes_carry_the_paper_hyper_parameters():
 def test_accelerate_configs(path):
     cfg = yaml.safe_load(path.read_text())
     assert cfg["distributed_type"] in ("DEEPSPEED", "FSDP"), path.name
-    assert "accelerate launch --config_file configs/accelerate/" + path.name in path.read_text()
+    assert f"longpo recipes copy accelerate/{path.stem}" in path.read_text(), path.name
+    assert f"accelerate launch --config_file {path.name}" in path.read_text(), path.name
     if cfg["distributed_type"] == "DEEPSPEED":
-        ds_path = CONFIGS.parent / cfg["deepspeed_config"]["deepspeed_config_file"]
+        ds_path = ROOT / cfg["deepspeed_config"]["deepspeed_config_file"]
         ds = json.loads(ds_path.read_text())
         assert "optimizer" not in ds and "scheduler" not in ds, f"{ds_path}: leave the optimizer to torch"
         assert ds["zero_optimization"]["stage"] == 3

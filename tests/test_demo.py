@@ -97,14 +97,14 @@ def test_short_demo_runs_every_stage_and_reports_real_runs(tmp_path):
 
 
 def test_evolve_toy_recipe_is_the_demo_loop():
-    """configs/evolve_toy.yaml is what `longpo demo` hands to `longpo evolve` (output folder aside)."""
+    """The evolve_toy recipe is what `longpo demo` hands to `longpo evolve` (output folder aside)."""
     import tempfile
 
     from longpo.config import config_to_dict, load_config
     from longpo.demo.run import evolve_config
     from longpo.evolve import Config as EvolveConfig
 
-    recipe = config_to_dict(load_config(EvolveConfig, Path(__file__).parents[1] / "configs" / "evolve_toy.yaml"))
+    recipe = config_to_dict(load_config(EvolveConfig, "evolve_toy"))
     with tempfile.TemporaryDirectory() as tmp:
         demo_loop = config_to_dict(evolve_config(Config(output_dir=tmp), "longpo/demo/base_model"))
         for it in demo_loop["iterations"]:

@@ -1,11 +1,11 @@
 """`longpo generate`: self-generated short-to-long preference pairs from long documents.
 
-    longpo generate --config configs/generate_tiny.yaml
-    longpo generate --config configs/generate_mistral-7b-128k.yaml --num-shards 8 --shard-index 3
+    longpo generate --config generate_tiny
+    longpo generate --config generate_mistral-7b-128k --num-shards 8 --shard-index 3
     longpo generate merge --inputs runs/gen/part0 runs/gen/part1 --output runs/gen/all
     longpo generate inspect runs/gen/all --n 5 --seed 0
 
-Per document (the method: README, "longpo generate"): chunk it; for up to `num_turns` chunks ask the model
+Per document (the method: docs/method.md, "The data pipeline"): chunk it; for up to `num_turns` chunks ask the model
 for `num_questions` questions about the chunk and keep one (prefixed to point back at the text);
 chosen = the model's answer given the chunk only; rejected = its answer given the whole document
 (turn i after the earlier turns of its own branch); filter; add the original model's reference

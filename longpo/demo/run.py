@@ -1,6 +1,6 @@
 """`longpo demo`: the whole method on the built-in toy, on a laptop CPU.
 
-    longpo demo                                  # = longpo demo --config configs/demo.yaml
+    longpo demo                                  # = longpo demo --config demo
     longpo demo output_dir=runs/demo2 seed=1
 
 1. The base model: the tiny chat model shipped in `longpo/demo/base_model` (trained on SHORT toy
@@ -13,7 +13,8 @@
    training keys: SFT on the chosen answers and DPO (reference = the initial policy on the long
    prompt); each evaluated the same way.
 5. `report/`: `table.md` / `table.json` (accuracy per document length and on short documents),
-   `accuracy.png`, every stage's resolved config and the training metrics and generation stats.
+   `accuracy.png`, every stage's resolved config, the training metrics and `training.png` of every
+   training run, and the generation stats.
 
 Every stage is the library call behind its CLI (`longpo generate`, `reference`, `train`, and the
 runner of `longpo eval` with the toy task); only the configs are tiny. A rerun skips finished
@@ -173,7 +174,7 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
             target = report / "configs" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + path.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    for name in ("metrics.jsonl", "stats.json"):
+    for name in ("metrics.jsonl", "training.png", "stats.json"):
         for path in sorted(out.rglob(name)):
             if report not in path.parents:
                 target = report / "metrics" / (str(path.parent.relative_to(out)).replace("/", "__") + "__" + name)
@@ -182,8 +183,14 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
     return {"table": table, "markdown": text}
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
 def plot_accuracy(table: list[dict], path: Path) -> Path | None:
-    """Accuracy against document length, one line per model (short documents at the left)."""
+    """Two panels: accuracy against document length, one line per model (distinct markers and line
+    styles, each model shifted a little sideways so that equal values stay visible); and accuracy
+    on short documents (the base model's own training length), one dot per model, value written."""
     try:
         import matplotlib
     except ImportError:
@@ -192,20 +199,41 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in table:
-        keys = list(r["accuracy"])
-        ax.plot(range(len(keys)), [r["accuracy"][k] for k in keys], marker="o", label=r["model"])
-    ax.set_xticks(range(len(keys)), [k if k == "short" else f"{k}" for k in keys])
+    lengths = [k for k in table[0]["accuracy"] if k != "short"]
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(9.5, 4.0), gridspec_kw={"width_ratios": [2.2, 1]})
+    width = 0.08  # sideways shift between models, in units of one length step
+    for i, r in enumerate(table):
+        shift = (i - (len(table) - 1) / 2) * width
+        ax.plot([j + shift for j in range(len(lengths))], [r["accuracy"][k] for k in lengths],
+                marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=6,
+                linewidth=1.5, label=r["model"], color=f"C{i}")
+    ax.set_xticks(range(len(lengths)), [str(k) for k in lengths])
     ax.set_xlabel("document length (tokens)")
     ax.set_ylabel("fact lookup accuracy (%)")
-    ax.set_ylim(-2, 102)
+    ax.set_ylim(-3, 103)
+    ax.set_title("long documents", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower left")
+    if all("short" in r["accuracy"] for r in table):
+        # Dots, not bars: the models differ by a few points near 100, which bars from 0 would hide.
+        ys = list(range(len(table)))[::-1]
+        values = [r["accuracy"]["short"] for r in table]
+        for i, (y, v) in enumerate(zip(ys, values)):
+            bars.plot([v], [y], marker=MARKERS[i % len(MARKERS)], markersize=8, color=f"C{i}", linestyle="")
+            bars.annotate(f"{v:.1f}", (v, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        bars.set_yticks(ys, [r["model"] for r in table], fontsize=8)
+        bars.set_ylim(-0.7, len(table) - 0.3)
+        bars.set_xlim(max(0.0, min(values) - 5), 101)
+        bars.set_xlabel("accuracy (%)")
+        bars.set_title("short documents", fontsize=10)
+        bars.grid(alpha=0.3)
+    else:
+        bars.set_visible(False)
+    fig.suptitle("longpo demo: toy fact lookup after LongPO, SFT and DPO", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -1,6 +1,6 @@
 """`longpo eval`: RULER, InfiniteBench, short-context tasks and LLM-judged MT-Bench / LongBench-Chat.
 
-    longpo eval --config configs/eval_tiny.yaml model=runs/ckpt out_dir=runs/eval/ckpt
+    longpo eval --config eval_tiny model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
 
 Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes

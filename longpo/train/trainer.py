@@ -1,8 +1,9 @@
 """`longpo train`: train a policy with the LongPO loss (or the SFT / DPO baselines) on accelerate.
 
-    longpo train --config configs/tiny.yaml                     # built-in tiny run, CPU, < 1 min
-    accelerate launch --config_file configs/accelerate/zero3.yaml -m longpo.cli train \\
-        --config configs/mistral-7b-128k.yaml
+    longpo train --config tiny                  # built-in tiny run, CPU, < 1 min
+    longpo recipes copy accelerate/zero3        # writes zero3.yaml here (accelerate reads a file)
+    accelerate launch --config_file zero3.yaml -m longpo.cli train \\
+        --config mistral-7b-128k
 
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
@@ -59,6 +60,7 @@ from longpo.train.loss import LOSS_MODES, NLL_MODES, PairLogps, combine_loss, pr
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
+from longpo.train.plots import plot_training
 from longpo.train.speed import apply_speed_options, check_speed_options
 
 logger = logging.getLogger("longpo.train")
@@ -371,7 +373,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == self.total_steps):
-                save_checkpoint(accelerator, cfg.output_dir, self.checkpoint_state(), cfg.keep_checkpoints)
+                saved = save_checkpoint(accelerator, cfg.output_dir, self.checkpoint_state(), cfg.keep_checkpoints)
+                logger.info(f"step {self.step}: checkpoint {saved}")
         bar.close()
         if self.skipped_total:
             logger.warning(f"{self.skipped_total} pair(s) skipped in all for exceeding max_length={cfg.max_length}")
@@ -379,6 +382,9 @@ class Trainer:
         export_model(accelerator, self.module, self.tokenizer, export_dir)
         self.metrics.close()
         logger.info(f"exported the policy to {export_dir}")
+        if accelerator.is_main_process and self.metrics.path.is_file():
+            if figure := plot_training(cfg.output_dir):
+                logger.info(f"training curves: {figure}")
         return {"export_dir": str(export_dir), "steps": self.step, "last": row, "skipped_overlong": self.skipped_total}
 
     def stop(self, what: str, micro: list) -> None:

@@ -1,7 +1,7 @@
 """`longpo` under FSDP2 on CPU processes, for tests: torchrun or `accelerate launch` runs this file.
 
     ACCELERATE_USE_FSDP=true FSDP_VERSION=2 torchrun --nproc_per_node=2 tests/train/cpu_fsdp_launch.py train ...
-    accelerate launch --config_file configs/accelerate/fsdp2.yaml --num_processes 2 --mixed_precision no \\
+    accelerate launch --config_file longpo/recipes/accelerate/fsdp2.yaml --num_processes 2 --mixed_precision no \\
         tests/train/cpu_fsdp_launch.py train ...
 
 accelerate 1.15 enables FSDP only on GPU-type devices: on a machine without one a launch gets no backend

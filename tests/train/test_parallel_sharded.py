@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_LAUNCH = Path(__file__).with_name("cpu_fsdp_launch.py")
-TRAIN = ["train", "--config", "configs/tiny.yaml", "tiny_records=8", "max_steps=2", "optimizer=sgd",
+TRAIN = ["train", "--config", "tiny", "tiny_records=8", "max_steps=2", "optimizer=sgd",
          "learning_rate=0.5", "lr_scheduler=constant", "warmup_ratio=0.0", "progress_bar=false",
          "attention_backend=sdpa"]  # tiny.yaml checkpoints at the last step: sharded save_state runs too
 TIMING = {"tokens_per_s", "pairs_per_s", "seconds"}
@@ -101,24 +101,24 @@ def one_process(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_fsdp2_with_sp_size_2_equals_one_process(one_process, tmp_path):
     """FSDP2 x sp 2: torchrun with the plugin from the environment (no auto-wrap: the whole model is one
-    FSDP unit) and `accelerate launch` with configs/accelerate/fsdp2.yaml (one unit per decoder layer)."""
+    FSDP unit) and `accelerate launch` with longpo/recipes/accelerate/fsdp2.yaml (one unit per decoder layer)."""
     script = [str(FSDP_LAUNCH), *TRAIN, "sp_size=2"]
     runs = {
         "torchrun": (_torchrun(script), _env(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")),
-        "accelerate launch": (_accelerate_launch("configs/accelerate/fsdp2.yaml", script), _env()),
+        "accelerate launch": (_accelerate_launch("longpo/recipes/accelerate/fsdp2.yaml", script), _env()),
     }
     _check_runs("FSDP2 sp2", "FSDP", runs, one_process, tmp_path)
 
 
 @pytest.mark.slow
 def test_zero3_with_sp_size_2_equals_one_process(one_process, tmp_path):
-    """DeepSpeed ZeRO-3 (configs/deepspeed/zero3.json, no optimizer block) x sp 2: torchrun and `accelerate launch`."""
+    """DeepSpeed ZeRO-3 (longpo/recipes/deepspeed/zero3.json, no optimizer block) x sp 2: torchrun and `accelerate launch`."""
     pytest.importorskip("deepspeed")
     script = ["-m", "longpo.cli", *TRAIN, "sp_size=2"]
     runs = {
         "torchrun": (_torchrun(script), _env(ACCELERATE_USE_DEEPSPEED="true",
-                                             ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ROOT / "configs/deepspeed/zero3.json"))),
-        "accelerate launch": (_accelerate_launch("configs/accelerate/zero3.yaml", script), _env()),
+                                             ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ROOT / "longpo/recipes/deepspeed/zero3.json"))),
+        "accelerate launch": (_accelerate_launch("longpo/recipes/accelerate/zero3.yaml", script), _env()),
     }
     _check_runs("ZeRO-3 sp2", "DEEPSPEED", runs, one_process, tmp_path)
 

@@ -312,12 +312,12 @@ def train_tiny(out: Path, overrides: list[str]) -> list[dict]:
     GradientState._reset_state()
     base = ["tiny_records=8", "max_steps=2", "num_epochs=1", "progress_bar=false", "save_steps=0", "seed=3",
             f"output_dir={out}"]
-    Trainer(load_config(Config, ROOT / "configs" / "tiny.yaml", base + overrides)).train()
+    Trainer(load_config(Config, ROOT / "longpo" / "recipes" / "tiny.yaml", base + overrides)).train()
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_longpo_train_with_speed_options_matches_the_default_run(tmp_path):
-    """configs/tiny.yaml for two steps, default vs MLP checkpointing with offloaded activations: the same
+    """The tiny recipe for two steps, default vs MLP checkpointing with offloaded activations: the same
     losses and gradient norms (float32; the options only change what is kept and recomputed)."""
     plain = train_tiny(tmp_path / "plain", [])
     src = tmp_path / "plain"
