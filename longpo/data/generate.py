@@ -28,12 +28,14 @@ from typing import Any
 
 from longpo.backends.base import Sampling
 from longpo.config import help_field
+from longpo.data import phases
 from longpo.data.filters import DROP_REASONS, FilterConfig, chosen_drop_reason, drop_reason
 from longpo.data.prompts import QUESTION_PREFIX, QUESTION_TEMPLATE
 from longpo.errors import InputError
 from longpo.models import check_local
 
 log = logging.getLogger("longpo.generate")
+PHASES = ("all", "short", "long")
 
 
 @dataclass(kw_only=True)
@@ -50,6 +52,11 @@ class Config:
                                                       "the original model (pi_S on short prompts) and only the "
                                                       "rejected answers from the generator; false: the generator "
                                                       "does every step (one engine, e.g. vLLM at 128K)")
+    short_backend_args: dict = help_field({}, "backend_args overrides for the original model's engine (short steps "
+                                              "and phase=short), e.g. {max_model_len: 32768} for a 32K model")
+    phase: str = help_field("all", "all: every step in this process; short: questions and chosen answers from the "
+                                   "original model only; long: then the rejected answers from the generator, into "
+                                   "the same output_dir (separate processes: one engine each, see data/phases.py)")
     corpus: str = help_field(help="long documents: .jsonl, .parquet, a folder of text files or a saved dataset")
     text_field: str = help_field("text", "field holding a document's text (JSONL / Parquet / datasets)")
     id_field: str = help_field("id", "field holding a document's id; absent: a hash of the text")
@@ -95,6 +102,19 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase={self.phase!r}: choose one of {list(PHASES)}")
+        if self.phase != "all" and self.reference:
+            raise ValueError(f"phase={self.phase}: the reference log-probs need the rejected answers of phase=long; "
+                             "set reference=false and run `longpo reference` with the original model afterwards")
+        if self.phase != "all" and not self.original_for_short_steps:
+            raise ValueError(f"phase={self.phase} splits the original model's short steps from the generator's long "
+                             "step; with original_for_short_steps=false use phase=all (one engine does every step)")
+        if (self.phase == "all" and self.backend == "vllm" and (self.rope_theta or self.max_position_embeddings)
+                and (self.reference or self.original_for_short_steps)):
+            raise ValueError("backend=vllm with a RoPE override needs the original model as well: two vLLM engines "
+                             "in one process would share one GPU. Run phase=short, then phase=long (with "
+                             "reference=false; then `longpo reference`), or let `longpo evolve` do it")
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
@@ -325,18 +345,29 @@ def _groups(cfg: Config, skipped: dict):
         yield index, group
 
 
+def _original_backend(cfg: Config) -> Any:
+    from longpo.backends import make_backend
+
+    return make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
+                        **{**cfg.backend_args, **cfg.short_backend_args})
+
+
 def _make_backends(cfg: Config) -> tuple[Any, Any]:
     from longpo.backends import make_backend
 
+    if cfg.phase == "short":  # the original model alone; no long model is built in this process
+        return None, _original_backend(cfg)
     rope = {k: v for k, v in (("rope_theta", cfg.rope_theta), ("max_position_embeddings",
                                                                  cfg.max_position_embeddings)) if v is not None}
     # The hf generator keeps a document's KV cache from one turn to the next (see process_group).
     extra = {"reuse_across_calls": True} if cfg.backend == "hf" else {}
     backend = make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **rope, **{**extra, **cfg.backend_args})
+    if cfg.phase == "long":  # the short steps are replayed from phase=short, group by group
+        return backend, None
     if not rope:
         return backend, backend
     if cfg.reference or cfg.original_for_short_steps:  # the ORIGINAL model, with its own RoPE
-        return backend, make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
+        return backend, _original_backend(cfg)
     return backend, None
 
 
@@ -355,8 +386,8 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     if backend is None and cfg.backend != "openai":
         check_local(cfg.model)  # before anything is read or written
     out = Path(cfg.output_dir)
-    write_resolved_config(cfg, out)
-    manifest_path = out / "manifest.json"
+    write_resolved_config(cfg, out, name="resolved_config.short.yaml" if cfg.phase == "short" else "resolved_config.yaml")
+    manifest_path = out / ("manifest.short.json" if cfg.phase == "short" else "manifest.json")
     manifest = _load_manifest(manifest_path, cfg)
     skipped: dict = {}
     total_docs = len({d.id for d in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, {})
@@ -374,6 +405,14 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
             if index in done:
                 bar.update(len(docs))
                 continue
+            if cfg.phase == "short":
+                manifest["shards"][str(index)] = _short_phase_group(cfg, out, index, docs, ref_backend)
+                manifest["done_groups"].append(index)
+                atomic_write_json(manifest_path, manifest)
+                bar.update(len(docs))
+                continue
+            if cfg.phase == "long":
+                ref_backend = _replay(cfg, out, index, backend.tokenizer)
             records, part = process_group(cfg, docs, backend, ref_backend)
             name = f"records-s{cfg.shard_index:03d}-g{index:06d}.jsonl" if records else None
             if name:  # the shard first, then the manifest that marks it done; no empty files for readers
@@ -391,11 +430,36 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
         for b in {id(backend): backend, id(ref_backend): ref_backend}.values():
             if b is not None and hasattr(b, "close"):
                 b.close()
+    if cfg.phase == "short":
+        return stats_json(stats)
     stats["skipped"] = Counter(stats["skipped"]) + Counter(skipped)
     final = stats_json(stats)
     atomic_write_json(out / "stats.json", final)
     atomic_write_text(out / "summary.txt", summary(final) + "\n")
     return final
+
+
+def _short_phase_group(cfg: Config, out: Path, index: int, docs: list, original: Any) -> str:
+    """phase=short: the group's question and chosen-answer calls, saved for phase=long; returns the file name."""
+    from longpo.files import atomic_write_json
+
+    recording = phases.Recording(original)
+    process_group(cfg, docs, phases.NoLongModel(recording.tokenizer), recording)
+    name = phases.short_file(cfg.shard_index, index)
+    atomic_write_json(out / name, {"group": index, "documents": [d.id for d in docs], "calls": recording.calls})
+    return name
+
+
+def _replay(cfg: Config, out: Path, index: int, tokenizer: Any) -> Any:
+    import json
+
+    path = out / phases.short_file(cfg.shard_index, index)
+    short_manifest = out / "manifest.short.json"
+    done = json.loads(short_manifest.read_text())["done_groups"] if short_manifest.exists() else []
+    if index not in done or not path.exists():
+        raise InputError(f"{out}: group {index} has no phase=short output ({path.name}); run `longpo generate "
+                         "phase=short` with the same config and output_dir first")
+    return phases.Replay(json.loads(path.read_text())["calls"], tokenizer, str(path))
 
 
 def _load_manifest(path: Path, cfg: Config) -> dict:
@@ -432,6 +496,7 @@ def merge(inputs: list[str], output: str) -> dict:
         part = json.loads(stats_file.read_text()) if stats_file.exists() else json.loads(
             (folder_path / "manifest.json").read_text())["stats"]
         stats = merge_stats(stats, part)
+    records.sort(key=lambda r: r["id"])  # the merged file does not depend on how the corpus was sharded
     stats["records"] = len(records)
     out = Path(output)
     if records:  # an empty file would not read back as records

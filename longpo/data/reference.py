@@ -16,6 +16,7 @@ output atomically.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -43,14 +44,23 @@ class Config:
     backend_args: dict = help_field({}, "extra keyword arguments of the backend (dtype, device, base_url, ...)")
     records_per_call: int = help_field(16, "records scored per backend call (and per flush to disk)")
     overwrite: bool = help_field(False, "recompute values that are already present")
+    num_shards: int = help_field(1, "split the records over this many independent jobs (by a hash of the id)")
+    shard_index: int = help_field(0, "which of them this job is (0-based); concatenate the jobs' outputs")
     progress: bool = help_field(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "model"):
             if not getattr(self, name):
                 raise ValueError(f"{name}= is required")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
         if self.records_per_call < 1:
             raise ValueError(f"records_per_call={self.records_per_call} must be at least 1")
+
+
+def in_shard(record_id: str, num_shards: int, shard_index: int) -> bool:
+    """The split `longpo generate` uses for documents (a hash of the id), applied to records."""
+    return int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % num_shards == shard_index
 
 
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
@@ -92,7 +102,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None and cfg.backend != "openai":
         check_local(cfg.model)  # before reading anything
-    records = read_records(cfg.input)
+    records = [r for r in read_records(cfg.input) if in_shard(r["id"], cfg.num_shards, cfg.shard_index)]
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")
     partial = output.with_name(output.name + ".partial")
@@ -116,6 +126,8 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
         bar.close()
     finally:
         backend.close()
+    if not partial.exists():  # a shard without records still leaves its (empty) output
+        atomic_write_jsonl(partial, [])
     os.replace(partial, output)
     return {"records": len(records), "resumed": len(done), "scored": len(todo), "tokens": tokens}
 

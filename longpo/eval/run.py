@@ -124,6 +124,11 @@ class Config:
     temperature: float = help_field(0.0, "0 = greedy decoding (the paper's setting)")
     top_p: float = help_field(1.0, "nucleus mass when sampling")
     allow_beyond_max_positions: bool = help_field(False, "allow target lengths above the model's max_position_embeddings")
+    skip_beyond_max_positions: bool = help_field(False, "drop target lengths above the model's max_position_embeddings "
+                                                        "and list them as skipped (a base model in `longpo evolve`)")
+    num_shards: int = help_field(1, "split the tasks over this many independent jobs (each its own out_dir); a "
+                                    "final run with num_shards=1 over the merged predictions writes the summary")
+    shard_index: int = help_field(0, "which of them this job is (0-based)")
     progress: bool = help_field(True, "show progress bars")
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
@@ -135,6 +140,8 @@ class Config:
             raise ValueError("model: give a checkpoint folder, e.g. model=runs/train/final")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +164,42 @@ def check_inputs(cfg: Config) -> None:
         raise InputError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
                          "(max_position_embeddings); lower them, or set allow_beyond_max_positions=true "
                          "if the model extrapolates")
+
+
+def skip_beyond_max_positions(cfg: Config) -> list[dict]:
+    """Remove the target lengths the model cannot hold (in place); returns them as skipped entries."""
+    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    if limit is None:
+        return []
+    reason = f"longer than the model's max_position_embeddings ({limit})"
+    skipped = [{"task": f"ruler/{n}/{name}", "reason": reason}
+               for n in cfg.ruler.lengths if n > limit for name in cfg.ruler.tasks] if cfg.ruler.enabled else []
+    cfg.ruler.lengths = [n for n in cfg.ruler.lengths if n <= limit]
+    if cfg.ruler.enabled and not cfg.ruler.lengths:
+        cfg.ruler.enabled = False
+    ib = cfg.infinitebench
+    if ib.enabled and ib.max_length > limit and (ib.data_dir is not None or ib.files):
+        skipped += [{"task": f"infinitebench/{name}", "reason": f"infinitebench.max_length={ib.max_length} is "
+                     + reason} for name in ib.tasks]
+        ib.enabled = False
+    return skipped
+
+
+class LazyBackend:
+    """The backend, built on first use: a run whose predictions are all on disk (the summary after sharded
+    eval jobs) loads no model."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.backend = cfg, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.backend is None:
+            self.backend = make_backend(self.cfg)
+        return getattr(self.backend, name)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
 
 def eval_tokenizer(cfg: Config) -> Any:
@@ -218,25 +261,28 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
 
 
 def main(cfg: Config) -> int:
+    beyond = skip_beyond_max_positions(cfg) if cfg.skip_beyond_max_positions else []
     check_inputs(cfg)
     out = Path(cfg.out_dir)
     write_resolved_config(cfg, out)
     results: list[dict] = []
-    skipped: list[dict] = []
+    skipped: list[dict] = list(beyond)
     if cfg.ruler.enabled or cfg.infinitebench.enabled or cfg.toy.enabled:
         fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
-        tasks, sweep, skipped = build_tasks(cfg, fmt)
+        tasks, sweep, built_skipped = build_tasks(cfg, fmt)
+        skipped += built_skipped
         for s in skipped:
             print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-        if tasks or sweep:
-            backend = make_backend(cfg)
+        mine = (tasks + sweep)[cfg.shard_index::cfg.num_shards]  # this job's share of the tasks
+        if mine:
+            backend = LazyBackend(cfg)
             try:
                 sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-                results = evaluate(backend, tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
+                results = evaluate(backend, mine, out, sampling, cfg.batch_size, cfg.progress)
             finally:
                 backend.close()
     short = None
-    if cfg.short.enabled:
+    if cfg.short.enabled and cfg.num_shards == 1:  # lm-eval runs once, in the summary run of sharded jobs
         from longpo.eval.lm_eval import run_short_tasks
 
         s = cfg.short
