@@ -322,7 +322,9 @@ def plan(cfg: Config) -> list[Stage]:
         folder = out / it.name
         cfgs = _stage_configs(it, model, folder)
         stages.append(plan_generate(cfg, it.name, cfgs["generate"], folder / "generate"))
-        stages[-1].inline = (generate, cfgs["generate"])
+        one_process = cfgs["generate"].phase == "long"  # inline: both models in this process (hf only)
+        stages[-1].inline = (generate, _replace(cfgs["generate"], f"{it.name}.generate", phase="all")
+                             if one_process else cfgs["generate"])
         if "reference" in cfgs:
             stages.append(plan_reference(cfg, it.name, cfgs["reference"], folder / "reference"))
             stages[-1].inline = (reference, cfgs["reference"])

@@ -82,7 +82,7 @@ def train_argv(config_file: Path, nproc: int, nodes: int, port: int, rdzv_endpoi
             host, _, p = rdzv_endpoint.partition(":")
             head += ["--machine_rank", "${NODE_RANK:-${SLURM_NODEID:-0}}", "--main_process_ip", host,
                      "--main_process_port", p or str(port), "--rdzv_backend", "c10d"]
-        else:
+        elif port:
             head += ["--main_process_port", str(port)]
         return head + ["-m", "longpo.cli", "train", "--config", str(config_file)]
     head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
