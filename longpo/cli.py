@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -57,9 +58,10 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
         elif arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
             overrides.append(f"{key.replace('-', '_')}={value}")
+        elif arg.startswith("--") and (i + 1 >= len(argv) or argv[i + 1].startswith("--")
+                                       or re.match(r"[A-Za-z_][\w.]*=", argv[i + 1])):
+            overrides.append(f"{arg[2:].replace('-', '_')}=true")  # a bare flag: --dry-run
         elif arg.startswith("--"):
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise InputError(f"option {arg} needs a value (or write it as key=value)")
             overrides.append(f"{arg[2:].replace('-', '_')}={argv[i + 1]}")
             i += 1
         else:

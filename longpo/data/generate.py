@@ -392,7 +392,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     skipped: dict = {}
     total_docs = len({d.id for d in iter_documents(cfg.corpus, cfg.text_field, cfg.id_field, {})
                       if in_shard(d.id, cfg.num_shards, cfg.shard_index)})
-    if total_docs == 0:
+    if total_docs == 0 and cfg.num_shards == 1:  # one shard of many may hold no document
         raise CorpusError(f"corpus {cfg.corpus}: no documents (in shard {cfg.shard_index} of {cfg.num_shards})")
     if backend is None:
         backend, ref_backend = _make_backends(cfg)
@@ -425,6 +425,8 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
             tokens += part["tokens"]
             bar.update(len(docs))
             bar.set_postfix(pairs=stats["pairs_kept"], tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        if not manifest_path.exists():  # a shard without documents still leaves its (empty) output
+            atomic_write_json(manifest_path, manifest)
     finally:
         bar.close()
         for b in {id(backend): backend, id(ref_backend): ref_backend}.values():
