@@ -322,7 +322,7 @@ def plan(cfg: Config) -> list[Stage]:
         folder = out / it.name
         cfgs = _stage_configs(it, model, folder)
         stages.append(plan_generate(cfg, it.name, cfgs["generate"], folder / "generate"))
-        one_process = cfgs["generate"].phase == "long"  # inline: both models in this process (hf only)
+        one_process = cfg.launch == "inline" and cfgs["generate"].phase == "long"  # both models here (hf only)
         stages[-1].inline = (generate, _replace(cfgs["generate"], f"{it.name}.generate", phase="all")
                              if one_process else cfgs["generate"])
         if "reference" in cfgs:
