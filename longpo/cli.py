@@ -77,7 +77,7 @@ def generate_merge(argv: list[str]) -> int:
     from longpo.data import generate
 
     ap = argparse.ArgumentParser(prog="longpo generate merge",
-                                 description="combine shard jobs' outputs: records deduplicated by id, stats summed")
+                                 description="combine shard jobs' outputs: records deduplicated and sorted by id, stats summed")
     ap.add_argument("--inputs", nargs="+", required=True, help="output folders of the shard jobs")
     ap.add_argument("--output", required=True, help="folder of the merged records")
     args = ap.parse_args(argv)

@@ -479,7 +479,7 @@ def _load_manifest(path: Path, cfg: Config) -> dict:
 
 
 def merge(inputs: list[str], output: str) -> dict:
-    """Combine the outputs of several shard jobs: records deduplicated by id, stats summed."""
+    """Combine the outputs of several shard jobs: records deduplicated and sorted by id, stats summed."""
     import json
 
     from longpo.data.records import read_records
