@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -105,9 +106,10 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
         elif arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
             overrides.append(f"{key.replace('-', '_')}={value}")
+        elif arg.startswith("--") and (i + 1 >= len(argv) or argv[i + 1].startswith("--")
+                                       or re.match(r"[A-Za-z_][\w.]*=", argv[i + 1])):
+            overrides.append(f"{arg[2:].replace('-', '_')}=true")  # a bare flag: --dry-run
         elif arg.startswith("--"):
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise InputError(f"option {arg} needs a value (or write it as key=value)")
             overrides.append(f"{arg[2:].replace('-', '_')}={argv[i + 1]}")
             i += 1
         else:
@@ -123,7 +125,7 @@ def generate_merge(argv: list[str]) -> int:
     from longpo.data import generate
 
     ap = argparse.ArgumentParser(prog="longpo generate merge",
-                                 description="combine shard jobs' outputs: records deduplicated by id, stats summed")
+                                 description="combine shard jobs' outputs: records deduplicated and sorted by id, stats summed")
     ap.add_argument("--inputs", nargs="+", required=True, help="output folders of the shard jobs")
     ap.add_argument("--output", required=True, help="folder of the merged records")
     args = ap.parse_args(argv)

@@ -38,7 +38,8 @@ def setup(tmp_path, tokenizer):
     iterations = [{"name": "it1", "generate": gen, "train": {**train, "rope_theta": 20000.0}, "eval": evaluation},
                   {"name": "it2", "generate": {**gen, "reference": False}, "reference": {"progress": False},
                    "train": {**train, "rope_theta": 40000.0}, "eval": evaluation}]
-    yield lambda out: {"base_model": str(base), "output_dir": str(out), "iterations": iterations}
+    # inline: the stages as library calls in one process (the driver's worker processes: test_evolve_driver.py)
+    yield lambda out: {"base_model": str(base), "output_dir": str(out), "launch": "inline", "iterations": iterations}
     server.close()
 
 

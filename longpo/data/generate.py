@@ -30,6 +30,7 @@ from typing import Any
 
 from longpo.backends.base import Sampling, generate_with_reasons
 from longpo.config import help_field
+from longpo.data import phases
 from longpo.data.filters import FilterConfig, drop_reason, is_copy, is_specific_question, trim_to_sentence
 from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE
 from longpo.data.stats import (
@@ -44,6 +45,7 @@ from longpo.errors import InputError
 from longpo.models import check_local
 
 log = logging.getLogger("longpo.generate")
+PHASES = ("all", "short", "long")
 
 
 @dataclass(kw_only=True)
@@ -60,6 +62,11 @@ class Config:
                                                       "the original model (pi_S on short prompts) and only the "
                                                       "rejected answers from the generator; false: the generator "
                                                       "does every step (one engine, e.g. vLLM at 128K)")
+    short_backend_args: dict = help_field({}, "backend_args overrides for the original model's engine (short steps "
+                                              "and phase=short), e.g. {max_model_len: 32768} for a 32K model")
+    phase: str = help_field("all", "all: every step in this process; short: questions and chosen answers from the "
+                                   "original model only; long: then the rejected answers from the generator, into "
+                                   "the same output_dir (separate processes: one engine each, see data/phases.py)")
     corpus: str = help_field(help="long documents: .jsonl, .parquet, a folder of text files or a saved dataset")
     text_field: str = help_field("text", "field holding a document's text (JSONL / Parquet / datasets)")
     id_field: str = help_field("id", "field holding a document's id; absent: a hash of the text")
@@ -116,6 +123,19 @@ class Config:
             raise ValueError(f"question_parser={self.question_parser!r}: choose one of {sorted(QUESTION_PARSERS)}")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase={self.phase!r}: choose one of {list(PHASES)}")
+        if self.phase != "all" and self.reference:
+            raise ValueError(f"phase={self.phase}: the reference log-probs need the rejected answers of phase=long; "
+                             "set reference=false and run `longpo reference` with the original model afterwards")
+        if self.phase != "all" and not self.original_for_short_steps:
+            raise ValueError(f"phase={self.phase} splits the original model's short steps from the generator's long "
+                             "step; with original_for_short_steps=false use phase=all (one engine does every step)")
+        if (self.phase == "all" and self.backend == "vllm" and (self.rope_theta or self.max_position_embeddings)
+                and (self.reference or self.original_for_short_steps)):
+            raise ValueError("backend=vllm with a RoPE override needs the original model as well: two vLLM engines "
+                             "in one process would share one GPU. Run phase=short, then phase=long (with "
+                             "reference=false; then `longpo reference`), or let `longpo evolve` do it")
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
@@ -389,18 +409,29 @@ def _groups(cfg: Config, skipped: dict):
         yield index, group
 
 
+def _original_backend(cfg: Config) -> Any:
+    from longpo.backends import make_backend
+
+    return make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
+                        **{**cfg.backend_args, **cfg.short_backend_args})
+
+
 def _make_backends(cfg: Config) -> tuple[Any, Any]:
     from longpo.backends import make_backend
 
+    if cfg.phase == "short":  # the original model alone; no long model is built in this process
+        return None, _original_backend(cfg)
     rope = {k: v for k, v in (("rope_theta", cfg.rope_theta), ("max_position_embeddings",
                                                                  cfg.max_position_embeddings)) if v is not None}
     # The hf generator keeps a document's KV cache from one turn to the next (see process_group).
     extra = {"reuse_across_calls": True} if cfg.backend == "hf" else {}
     backend = make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **rope, **{**extra, **cfg.backend_args})
+    if cfg.phase == "long":  # the short steps are replayed from phase=short, group by group
+        return backend, None
     if not rope:
         return backend, backend
     if cfg.reference or cfg.original_for_short_steps:  # the ORIGINAL model, with its own RoPE
-        return backend, make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
+        return backend, _original_backend(cfg)
     return backend, None
 
 
@@ -419,13 +450,13 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     if backend is None and cfg.backend != "openai":
         check_local(cfg.model)  # before anything is read or written
     out = Path(cfg.output_dir)
-    write_resolved_config(cfg, out)
-    manifest_path = out / "manifest.json"
+    write_resolved_config(cfg, out, name="resolved_config.short.yaml" if cfg.phase == "short" else "resolved_config.yaml")
+    manifest_path = out / ("manifest.short.json" if cfg.phase == "short" else "manifest.json")
     manifest = _load_manifest(manifest_path, cfg)
     skipped: dict = {}
     groups = _groups(cfg, skipped)  # the corpus is read once, as generation goes (no counting pass)
     first = next(groups, None)
-    if first is None:
+    if first is None and cfg.num_shards == 1:  # one shard of many may hold no document
         raise CorpusError(f"corpus {cfg.corpus}: no documents (in shard {cfg.shard_index} of {cfg.num_shards})")
     if backend is None:
         backend, ref_backend = _make_backends(cfg)
@@ -434,10 +465,18 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     bar = tqdm(unit="doc", desc="generate", disable=not cfg.progress, file=sys.stderr)  # total unknown: one pass
     start, tokens = time.perf_counter(), 0  # tokens read and written by this run (documents + answers)
     try:
-        for index, docs in itertools.chain([first], groups):
+        for index, docs in itertools.chain([first] if first is not None else [], groups):
             if index in done:
                 bar.update(len(docs))
                 continue
+            if cfg.phase == "short":
+                manifest["shards"][str(index)] = _short_phase_group(cfg, out, index, docs, ref_backend)
+                manifest["done_groups"].append(index)
+                atomic_write_json(manifest_path, manifest)
+                bar.update(len(docs))
+                continue
+            if cfg.phase == "long":
+                ref_backend = _replay(cfg, out, index, backend.tokenizer)
             records, part = process_group(cfg, docs, backend, ref_backend)
             name = f"records-s{cfg.shard_index:03d}-g{index:06d}.jsonl" if records else None
             if name:  # the shard first, then the manifest that marks it done; no empty files for readers
@@ -450,16 +489,43 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
             tokens += part["tokens"]
             bar.update(len(docs))
             bar.set_postfix(pairs=stats["pairs_kept"], tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+        if not manifest_path.exists():  # a shard without documents still leaves its (empty) output
+            atomic_write_json(manifest_path, manifest)
     finally:
         bar.close()
         for b in {id(backend): backend, id(ref_backend): ref_backend}.values():
             if b is not None and hasattr(b, "close"):
                 b.close()
+    if cfg.phase == "short":
+        return stats_json(stats)
     stats["skipped"] = merge_stats(Counter(stats["skipped"]), skipped)
     final = stats_json(stats)
     atomic_write_json(out / "stats.json", final)
     atomic_write_text(out / "summary.txt", summary(final) + "\n")
     return final
+
+
+def _short_phase_group(cfg: Config, out: Path, index: int, docs: list, original: Any) -> str:
+    """phase=short: the group's question and chosen-answer calls, saved for phase=long; returns the file name."""
+    from longpo.files import atomic_write_json
+
+    recording = phases.Recording(original)
+    process_group(cfg, docs, phases.NoLongModel(recording.tokenizer), recording)
+    name = phases.short_file(cfg.shard_index, index)
+    atomic_write_json(out / name, {"group": index, "documents": [d.id for d in docs], "calls": recording.calls})
+    return name
+
+
+def _replay(cfg: Config, out: Path, index: int, tokenizer: Any) -> Any:
+    import json
+
+    path = out / phases.short_file(cfg.shard_index, index)
+    short_manifest = out / "manifest.short.json"
+    done = json.loads(short_manifest.read_text())["done_groups"] if short_manifest.exists() else []
+    if index not in done or not path.exists():
+        raise InputError(f"{out}: group {index} has no phase=short output ({path.name}); run `longpo generate "
+                         "phase=short` with the same config and output_dir first")
+    return phases.Replay(json.loads(path.read_text())["calls"], tokenizer, str(path))
 
 
 def _load_manifest(path: Path, cfg: Config) -> dict:
@@ -477,9 +543,10 @@ def _load_manifest(path: Path, cfg: Config) -> dict:
 
 
 def merge(inputs: list[str], output: str) -> dict:
-    """Combine the outputs of several shard jobs: records deduplicated by id, stats summed.
+    """Combine the outputs of several shard jobs: records deduplicated and sorted by id, stats summed.
 
-    Records are streamed from memory-mapped tables into the merged file, one at a time.
+    Records stay in their memory-mapped tables; only (id, table, row) is held, then each record is
+    copied into the merged file in id order (which does not depend on how the corpus was sharded).
     """
     import json
     import os
@@ -490,28 +557,29 @@ def merge(inputs: list[str], output: str) -> dict:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     merged, tmp = out / "records-merged.jsonl", out / f".records-merged.jsonl.tmp.{os.getpid()}"
-    seen, stats = set(), new_stats()
-    with open(tmp, "w", encoding="utf-8") as f:
-        for folder in inputs:
-            folder_path = Path(folder)
-            if not (folder_path / "manifest.json").exists():
-                raise InputError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
-            table = RecordTable(folder_path) if any(folder_path.glob("*.jsonl")) else []
-            for rec in table:
-                if rec["id"] not in seen:
-                    seen.add(rec["id"])
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            stats_file = folder_path / "stats.json"
-            part = json.loads(stats_file.read_text()) if stats_file.exists() else json.loads(
-                (folder_path / "manifest.json").read_text())["stats"]
-            stats = merge_stats(stats, part)
-    if seen:  # an empty file would not read back as records
+    tables, where, stats = [], {}, new_stats()
+    for folder in inputs:
+        folder_path = Path(folder)
+        if not (folder_path / "manifest.json").exists():
+            raise InputError(f"{folder}: no manifest.json (not a `longpo generate` output folder)")
+        table = RecordTable(folder_path) if any(folder_path.glob("*.jsonl")) else None
+        if table is not None:
+            tables.append(table)
+            for row, rid in enumerate(table.ids):
+                where.setdefault(rid, (len(tables) - 1, row))
+        stats_file = folder_path / "stats.json"
+        part = json.loads(stats_file.read_text()) if stats_file.exists() else json.loads(
+            (folder_path / "manifest.json").read_text())["stats"]
+        stats = merge_stats(stats, part)
+    if where:  # an empty file would not read back as records
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rid in sorted(where):
+                t, row = where[rid]
+                f.write(json.dumps(tables[t][row], ensure_ascii=False) + "\n")
         os.replace(tmp, merged)
-    else:
-        tmp.unlink()
-    stats["records"] = len(seen)
+    stats["records"] = len(where)
     atomic_write_json(out / "stats.json", stats_json(stats))
-    atomic_write_json(out / "manifest.json", {"merged_from": [str(p) for p in inputs], "records": len(seen)})
+    atomic_write_json(out / "manifest.json", {"merged_from": [str(p) for p in inputs], "records": len(where)})
     return stats_json(stats)
 
 

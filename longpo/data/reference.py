@@ -16,6 +16,7 @@ output atomically.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from longpo.data.record_table import RecordTable
 from longpo.data.records import tokenize_short
 from longpo.data.released import is_released
 from longpo.data.released_reference import run_released
-from longpo.files import append_jsonl, read_jsonl, truncate_torn_tail
+from longpo.errors import InputError
+from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl, truncate_torn_tail
 from longpo.models import check_local
 
 
@@ -48,14 +50,23 @@ class Config:
     backend_args: dict = help_field({}, "extra keyword arguments of the backend (dtype, device, base_url, ...)")
     records_per_call: int = help_field(16, "records scored per backend call (and per flush to disk)")
     overwrite: bool = help_field(False, "recompute values that are already present")
+    num_shards: int = help_field(1, "split the records over this many independent jobs (by a hash of the id)")
+    shard_index: int = help_field(0, "which of them this job is (0-based); concatenate the jobs' outputs")
     progress: bool = help_field(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "model"):
             if not getattr(self, name):
                 raise ValueError(f"{name}= is required")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
         if self.records_per_call < 1:
             raise ValueError(f"records_per_call={self.records_per_call} must be at least 1")
+
+
+def in_shard(record_id: str, num_shards: int, shard_index: int) -> bool:
+    """The split `longpo generate` uses for documents (a hash of the id), applied to records."""
+    return int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % num_shards == shard_index
 
 
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
@@ -101,17 +112,20 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
                                                      **cfg.backend_args))
     if is_released(cfg.input):  # tokenized already: scored from its stored short sequences
+        if cfg.num_shards > 1:
+            raise InputError(f"{cfg.input}: a released tokenized data set is scored by one job (num_shards=1)")
         return run_released(cfg, make)
     records = RecordTable(cfg.input)  # memory-mapped: a group of records is read at a time
+    mine = [i for i, rid in enumerate(records.ids) if in_shard(rid, cfg.num_shards, cfg.shard_index)]
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")
     partial = output.with_name(output.name + ".partial")
     done_ids = _completed_ids(partial)
-    todo = [i for i, rid in enumerate(records.ids) if rid not in done_ids]
+    todo = [i for i in mine if records.ids[i] not in done_ids]
     backend = make()
     start, tokens = time.perf_counter(), 0
     try:
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="reference", unit="rec",
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="reference", unit="rec",
                    disable=not cfg.progress)
         for i in range(0, len(todo), cfg.records_per_call):
             group = [records[k] for k in todo[i : i + cfg.records_per_call]]
@@ -125,8 +139,10 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
         bar.close()
     finally:
         backend.close()
+    if not partial.exists():  # a shard without records still leaves its (empty) output
+        atomic_write_jsonl(partial, [])
     os.replace(partial, output)
-    return {"records": len(records), "resumed": len(records) - len(todo), "scored": len(todo), "tokens": tokens}
+    return {"records": len(mine), "resumed": len(mine) - len(todo), "scored": len(todo), "tokens": tokens}
 
 
 def main(cfg: Config) -> int:

@@ -120,7 +120,7 @@ def evolve_config(cfg: Config, base: str) -> Any:
             "eval": dict(cfg.eval),
         })
     return build_config(evolve.Config, {"base_model": base, "output_dir": str(out), "eval_base": True,
-                                        "iterations": iterations}, "demo.evolve")
+                                        "launch": "inline", "iterations": iterations}, "demo.evolve")
 
 
 def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:

@@ -138,6 +138,11 @@ class Config:
     temperature: float = help_field(0.0, "0 = greedy decoding (the paper's setting)")
     top_p: float = help_field(1.0, "nucleus mass when sampling")
     allow_beyond_max_positions: bool = help_field(False, "allow target lengths above the model's max_position_embeddings")
+    skip_beyond_max_positions: bool = help_field(False, "drop target lengths above the model's max_position_embeddings "
+                                                        "and list them as skipped (a base model in `longpo evolve`)")
+    num_shards: int = help_field(1, "split the tasks over this many independent jobs (each its own out_dir); a "
+                                    "final run with num_shards=1 over the merged predictions writes the summary")
+    shard_index: int = help_field(0, "which of them this job is (0-based)")
     progress: bool = help_field(True, "show progress bars")
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
@@ -153,6 +158,8 @@ class Config:
             raise ValueError("model: give a checkpoint folder, e.g. model=runs/train/final")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +182,42 @@ def check_inputs(cfg: Config) -> None:
         raise InputError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
                          "(max_position_embeddings); lower them, or set allow_beyond_max_positions=true "
                          "if the model extrapolates")
+
+
+def skip_beyond_max_positions(cfg: Config) -> list[dict]:
+    """Remove the target lengths the model cannot hold (in place); returns them as skipped entries."""
+    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    if limit is None:
+        return []
+    reason = f"longer than the model's max_position_embeddings ({limit})"
+    skipped = [{"task": f"ruler/{n}/{name}", "reason": reason}
+               for n in cfg.ruler.lengths if n > limit for name in cfg.ruler.tasks] if cfg.ruler.enabled else []
+    cfg.ruler.lengths = [n for n in cfg.ruler.lengths if n <= limit]
+    if cfg.ruler.enabled and not cfg.ruler.lengths:
+        cfg.ruler.enabled = False
+    ib = cfg.infinitebench
+    if ib.enabled and ib.max_length > limit and (ib.data_dir is not None or ib.files):
+        skipped += [{"task": f"infinitebench/{name}", "reason": f"infinitebench.max_length={ib.max_length} is "
+                     + reason} for name in ib.tasks]
+        ib.enabled = False
+    return skipped
+
+
+class LazyBackend:
+    """The backend, built on first use: a run whose predictions are all on disk (the summary after sharded
+    eval jobs) loads no model."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.backend = cfg, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.backend is None:
+            self.backend = make_backend(self.cfg)
+        return getattr(self.backend, name)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
 
 
 def eval_tokenizer(cfg: Config) -> Any:
@@ -236,41 +279,37 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
 
 
 def main(cfg: Config) -> int:
+    beyond = skip_beyond_max_positions(cfg) if cfg.skip_beyond_max_positions else []
     check_inputs(cfg)
     out = Path(cfg.out_dir)
     write_resolved_config(cfg, out)
     results: list[dict] = []
-    skipped: list[dict] = []
+    skipped: list[dict] = list(beyond)
     judged: dict = {}
-    backend = None
-
-    def get_backend():  # loaded once, and only when something needs generating
-        nonlocal backend
-        if backend is None:
-            backend = make_backend(cfg)
-        return backend
-
+    backend = LazyBackend(cfg)  # loaded once, and only when something needs generating
     try:
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
         generative = (cfg.ruler.enabled, cfg.infinitebench.enabled, cfg.toy.enabled)
-        if any(generative) or cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+        judged_on = (cfg.mt_bench.enabled or cfg.longbench_chat.enabled) and cfg.num_shards == 1
+        if any(generative) or judged_on:
             fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
         if any(generative):
-            tasks, sweep, skipped = build_tasks(cfg, fmt)
+            tasks, sweep, built_skipped = build_tasks(cfg, fmt)
+            skipped += built_skipped
             for s in skipped:
                 print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-            if tasks or sweep:
-                results = evaluate(get_backend(), tasks + sweep, out, sampling, cfg.batch_size, cfg.progress)
-        if cfg.mt_bench.enabled or cfg.longbench_chat.enabled:
+            mine = (tasks + sweep)[cfg.shard_index::cfg.num_shards]  # this job's share of the tasks
+            if mine:
+                results = evaluate(backend, mine, out, sampling, cfg.batch_size, cfg.progress)
+        if judged_on:  # judged benchmarks run once, in the summary run of sharded jobs
             before = len(skipped)
-            judged = run_judged(cfg, fmt, get_backend, out, sampling, skipped)
+            judged = run_judged(cfg, fmt, lambda: backend, out, sampling, skipped)
             for s in skipped[before:]:
                 print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
     finally:
-        if backend is not None:
-            backend.close()
+        backend.close()
     short = None
-    if cfg.short.enabled:
+    if cfg.short.enabled and cfg.num_shards == 1:  # lm-eval runs once, in the summary run of sharded jobs
         from longpo.eval.lm_eval import run_short_tasks
 
         s = cfg.short

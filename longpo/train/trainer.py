@@ -163,6 +163,15 @@ class Config:
         check_speed_options(self)
 
 
+def step_shape(cfg: Config, world: int) -> dict:
+    """The optimizer step of `cfg` on `world` processes: pairs (micro-batch x accumulation x data-parallel
+    groups, a group being sp_size processes) and the most tokens it holds (max_length x pairs)."""
+    if world % cfg.sp_size:
+        raise ValueError(f"sp_size={cfg.sp_size} must divide the {world} process(es)")
+    pairs = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * (world // cfg.sp_size)
+    return {"pairs_per_step": pairs, "tokens_per_step": cfg.max_length * pairs, "data_parallel": world // cfg.sp_size}
+
+
 class TrainingError(RuntimeError):
     """Training cannot continue (non-finite loss); the message names the step and the records."""
 
@@ -247,7 +256,10 @@ class Trainer:
         self.resume()
         self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
         logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
-                    f"steps, {self.pairs_per_step} pairs per step on {self.world} rank(s) "
+                    f"steps, {self.pairs_per_step} pairs per step ({cfg.pairs_per_micro_batch} per micro-batch x "
+                    f"{cfg.gradient_accumulation_steps} accumulation x {self.mesh.dp_size} data-parallel), "
+                    f"{cfg.max_length * self.pairs_per_step} tokens per step at most (max_length x pairs) on "
+                    f"{self.world} rank(s) "
                     f"({accelerator.distributed_type.value}, sp_size {self.mesh.sp_size}), loss={cfg.loss}")
 
     def setup_models(self) -> None:

@@ -1,0 +1,178 @@
+"""`longpo evolve` as a driver: stages as worker processes over simulated devices, the same run on 1 and on
+2 devices, a SIGKILL of the whole job and a rerun, and a dry run of the paper's recipe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from longpo.config import build_config, load_config
+from longpo.data.records import read_records
+from longpo.toy.tiny import build_tiny_model
+from tests.data.loopback import LoopbackServer
+from tests.data.test_generate import canned, small, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def setup(tmp_path, tokenizer):
+    base = tmp_path / "base"
+    build_tiny_model("llama", seed=1).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    server = LoopbackServer(canned(delay=0.1))
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 6)
+    gen = small(corpus=str(corpus), backend="openai", tokenizer=str(base),
+                backend_args={"base_url": server.url, "concurrency": 1, "backoff": 0.01})
+    gen.pop("model")
+    evaluation = {"backend": "openai", "tokenizer": str(base), "progress": False,
+                  "backend_args": {"base_url": server.url, "concurrency": 1},
+                  "ruler": {"tasks": ["niah_single_1", "vt"], "lengths": [768], "num_samples": 2},
+                  "infinitebench": {"enabled": False}}
+
+    def values(out, devices, accumulation):
+        train = {"max_steps": 2, "pairs_per_micro_batch": 1, "gradient_accumulation_steps": accumulation,
+                 "learning_rate": 1e-3, "optimizer": "adamw", "save_steps": 1, "progress_bar": False,
+                 "max_length": 4096, "seed": 3, "rope_theta": 20000.0}
+        return {"base_model": str(base), "output_dir": str(out), "devices": devices, "eval_base": False,
+                "iterations": [{"name": "it1", "generate": gen, "train": train, "eval": evaluation}]}
+
+    yield values
+    server.close()
+
+
+def launch(values, tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.Popen([sys.executable, "-m", "longpo.cli", "evolve", "--config", str(path)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def by_id(folder):
+    return sorted(read_records(folder), key=lambda r: r["id"])
+
+
+@pytest.mark.slow
+def test_two_devices_equal_one_device_and_a_killed_run_resumes(setup, tmp_path):
+    """2 simulated devices: generate (with its reference log-probs) and eval as 2 shard workers plus merge, train as 2 gloo
+    processes (1 pair x accumulation 1 x 2 ranks); 1 device: 1 worker each, train 1 pair x accumulation 2.
+    Same pairs per step, so the same records, the same eval scores and the same final weights (up to the
+    order of the gradient sum). The 2-device job is killed (its whole process group, as a scheduler does)
+    during generation and rerun."""
+    one = launch(setup(tmp_path / "one", 1, 2), tmp_path, "one")
+    assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
+
+    out = tmp_path / "two"
+    proc = launch(setup(out, 2, 1), tmp_path, "two")
+    manifests = [out / "it1" / "generate" / "shards" / str(k) / "manifest.json" for k in range(2)]
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any(m.exists() and json.loads(m.read_text())["done_groups"] for m in manifests):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "evolve finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert not (out / "it1" / "generate.done").exists()
+    rerun = launch(setup(out, 2, 1), tmp_path, "two")
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-3000:]
+
+    logs = {p.name for p in out.glob("*/*/logs/*.log")}
+    assert {"all-0.log", "all-1.log", "eval-0.log", "eval-1.log", "summary-0.log", "train.log"} <= logs, logs
+    train_log = (out / "it1" / "train" / "logs" / "train.log").read_text()
+    assert "2 pairs per step (1 per micro-batch x 1 accumulation x 2 data-parallel)" in train_log, train_log[-2000:]
+    assert "on 2 rank(s)" in train_log
+    assert "2 pairs per step (1 per micro-batch x 2 accumulation x 1 data-parallel)" in (
+        tmp_path / "one" / "it1" / "train" / "logs" / "train.log").read_text()
+    for shard in range(2):  # each shard worker wrote its own part, then the merge put them together
+        assert json.loads(manifests[shard].read_text())["num_shards"] == 2
+
+    a, b = by_id(tmp_path / "one" / "it1" / "generate"), by_id(out / "it1" / "generate")
+    assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) >= 4
+    assert a == b and all(t["ref_chosen_logp"] is not None for r in a for t in r["turns"])
+    scores = [json.loads((d / "evolve.json").read_text()) for d in (tmp_path / "one", out)]
+    assert [s["scores"] for s in scores[0]] == [s["scores"] for s in scores[1]]
+    w1, w2 = (load_file(str(d / "it1" / "train" / "final" / "model.safetensors")) for d in (tmp_path / "one", out))
+    base = load_file(str(tmp_path / "base" / "model.safetensors"))
+    assert any(not torch.equal(w1[k], base[k]) for k in w1), "training changed nothing"
+    for name, tensor in w1.items():
+        torch.testing.assert_close(w2[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.slow
+def test_a_failed_worker_fails_the_stage_with_its_log_tail(setup, tmp_path):
+    values = setup(tmp_path / "bad", 2, 1)
+    values["iterations"][0]["generate"] = {**values["iterations"][0]["generate"], "corpus": str(tmp_path / "nope")}
+    proc = launch(values, tmp_path, "bad")
+    assert proc.wait(timeout=300) == 1
+    err = proc.stderr.read()
+    assert "it1: generate [all]: worker all-" in err and "exited with status 2" in err, err[-3000:]
+    assert "nope" in err  # the worker's own message, from the tail of its log
+    assert not (tmp_path / "bad" / "it1" / "generate.done").exists()
+
+
+def test_dry_run_of_the_paper_recipe_against_a_32k_model(tmp_path, capsys):
+    """The recipe evolve_mistral-7b against a fake 32K-position Mistral (config.json only): every stage
+    resolves with its topology and command lines, nothing runs and nothing is written."""
+    from longpo import evolve
+    from longpo.toy.tiny import tiny_model_config
+
+    model = tmp_path / "mistral-32k"
+    config = tiny_model_config("mistral")
+    config.max_position_embeddings = 32768
+    config.save_pretrained(model)
+    out = tmp_path / "run"
+    cfg = load_config(evolve.Config, ROOT / "longpo" / "recipes" / "evolve_mistral-7b.yaml",
+                      [f"base_model={model}", f"output_dir={out}", "dry_run=true"])
+    assert evolve.main(cfg) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    stages = [" ".join(line.split()[:2]).rstrip(":") for line in text.splitlines() if not line.startswith("  ")]
+    assert stages == ["base: eval"] + [f"{n}: {s}" for n in ("128k", "256k", "512k")
+                                       for s in ("generate", "reference", "train", "eval")]
+    base = text.splitlines()[0]
+    assert "ruler/65536/vt" in base and "ruler/131072/niah_single_1" in base and "ruler/32768/vt" not in base
+    assert "max_position_embeddings (32768)" in base
+    assert text.count("[short] CUDA_VISIBLE_DEVICES=") == 8 + 8 + 4 and text.count("[long] CUDA_VISIBLE_DEVICES=") == 20
+    assert "[long] CUDA_VISIBLE_DEVICES=6,7 " in text  # 512K: tensor parallel 2, 4 engines
+    assert text.count("/train/configs/zero3.yaml --num_processes 8") == 3  # the packaged recipe, copied there
+    assert text.count("sp_size 8, 8 pairs per step") == 3
+
+
+def test_base_eval_keeps_the_lengths_the_base_holds(tmp_path):
+    from longpo import evolve
+    from longpo.eval import run as eval_run
+    from longpo.toy.tiny import tiny_model_config
+
+    model = tmp_path / "m"
+    config = tiny_model_config("llama")
+    config.max_position_embeddings = 1024
+    config.save_pretrained(model)
+    cfg = build_config(evolve.Config, {"base_model": str(model), "output_dir": str(tmp_path / "run"),
+                                       "iterations": [{"name": "it1", "generate": {"corpus": "c.jsonl"},
+                                                       "eval": {"ruler": {"tasks": ["vt"], "lengths": [512, 1024, 4096]},
+                                                                "infinitebench": {"enabled": False}}}]})
+    base = evolve.base_eval_config(cfg)
+    skipped = eval_run.skip_beyond_max_positions(base)
+    assert base.ruler.lengths == [512, 1024]
+    assert skipped == [{"task": "ruler/4096/vt", "reason": "longer than the model's max_position_embeddings (1024)"}]
+
+
+
+def test_dry_run_is_a_bare_flag():
+    from longpo.cli import split_args
+
+    assert split_args(["--config", "e.yaml", "--dry-run"]) == ("e.yaml", ["dry_run=true"], False)
+    assert split_args(["--dry-run", "base_model=/m", "--devices", "8"])[1] == ["dry_run=true", "base_model=/m",
+                                                                              "devices=8"]
+    assert split_args(["--launcher", "srun --nodes={nodes} {command}"])[1] == ["launcher=srun --nodes={nodes} {command}"]
