@@ -29,6 +29,7 @@ from typing import Any
 from longpo.config import help_field
 from longpo.data.backends.base import Sampling
 from longpo.data.filters import DROP_REASONS, FilterConfig, chosen_drop_reason, drop_reason
+from longpo.data.presets import QUESTION_PARSERS, question_template
 from longpo.data.prompts import QUESTION_PREFIX, QUESTION_TEMPLATE
 
 log = logging.getLogger("longpo.generate")
@@ -61,7 +62,10 @@ class Config:
     num_questions: int = help_field(4, "questions asked per chunk; a reply with another count is skipped")
     num_turns: int = help_field(2, "turns per document, each about a different chunk")
     question_template: str = help_field(QUESTION_TEMPLATE, "user message asking for questions; placeholders "
-                                                           "{chunk} and {k}")
+                                                           "{chunk} and {k}; or a preset name: paper, small "
+                                                           "(longpo/data/presets.py)")
+    question_parser: str = help_field("exact", "parser of question replies: exact (exactly num_questions, the "
+                                               "paper's) or lenient (the first num_questions questions; small models)")
     question_prefix: str = help_field(QUESTION_PREFIX, "put before the chosen question")
     question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9,
                                                                          max_new_tokens=1024),
@@ -91,8 +95,9 @@ class Config:
         for name in ("num_questions", "num_turns", "documents_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if "{chunk}" not in self.question_template:
-            raise ValueError("question_template must contain {chunk}")
+        self.question_template = question_template(self.question_template)
+        if self.question_parser not in QUESTION_PARSERS:
+            raise ValueError(f"question_parser={self.question_parser!r}: choose one of {sorted(QUESTION_PARSERS)}")
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
@@ -170,7 +175,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
     `backend` is the generator (RoPE override applied); `ref_backend` the original model, or None.
     """
     from longpo.data.chunking import chunk_document
-    from longpo.data.prompts import parse_questions, pick_question, question_prompt
+    from longpo.data.prompts import pick_question, question_prompt
     from longpo.data.records import user_content
     from longpo.data.reference import add_reference_logps
 
@@ -207,7 +212,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         cfg.question_template, t.chunk, cfg.num_questions)}]) for _, t in asks], cfg.question_sampling)
     for (w, turn), reply in zip(asks, replies):
         stats["question_replies"] += 1
-        questions = parse_questions(reply, cfg.num_questions)
+        questions = QUESTION_PARSERS[cfg.question_parser](reply, cfg.num_questions)
         if questions is None:
             stats["questions_unparsable"] += 1
             continue
