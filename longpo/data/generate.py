@@ -65,7 +65,7 @@ class Config:
                                                            "{chunk} and {k}; or a preset name: paper, small "
                                                            "(longpo/data/presets.py)")
     question_parser: str = help_field("exact", "parser of question replies: exact (exactly num_questions, the "
-                                               "paper's) or lenient (the first num_questions questions; small models)")
+                                               "paper's) or lenient (1 to num_questions questions; small models)")
     question_prefix: str = help_field(QUESTION_PREFIX, "put before the chosen question")
     question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9,
                                                                          max_new_tokens=1024),

@@ -15,10 +15,13 @@ LETTERED = ("A: 1.  What is the meaning of the text?\nB: 2.  Why should the lady
 
 
 def test_lenient_parser_skips_answers_repeats_and_copied_examples():
-    assert parse_lenient(MIXED, 2) == ["Why did Mr. Brown leave the town?", "What did Anna say to her sister?"]
-    assert parse_lenient(MIXED, 3) is None  # the third is a repeat
-    copied = f"1. {EXAMPLE_QUESTIONS[0]}\n2. Who wrote the letter to Emma?\n3. Why was Emma angry? Because."
-    assert parse_lenient(copied, 2) == ["Who wrote the letter to Emma?", "Why was Emma angry?"]
+    two = ["Why did Mr. Brown leave the town?", "What did Anna say to her sister?"]
+    assert parse_lenient(MIXED, 2) == two
+    assert parse_lenient(MIXED, 3) == two  # the third is a repeat; fewer than k still count
+    assert parse_lenient(MIXED, 1) == two[:1]
+    copied = (f"1. {EXAMPLE_QUESTIONS[0]}\n2. How did Tom miss the train?\n3. Who wrote the letter to Emma?\n"
+              "4. Why was Emma angry? Because.")
+    assert parse_lenient(copied, 3) == ["Who wrote the letter to Emma?", "Why was Emma angry?"]
     assert parse_lenient("Who is Emma? Why is she here? What did she do?", 1) == ["Who is Emma?"]
     assert parse_lenient("No questions here.\nJust text.", 1) is None
     assert parse_lenient(LETTERED, 3) == ["What is the meaning of the text?",
