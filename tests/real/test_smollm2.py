@@ -109,3 +109,18 @@ def test_greedy_generation_logprob_equals_score(smollm2_dir, smol_tokenizer):
     (score,) = backend.score([seq], [mask])
     print(f"score {score:.6f} generate {seen:.6f} over {len(new)} tokens")
     assert_close(torch.tensor(score, dtype=torch.float64), torch.tensor(seen, dtype=torch.float64), atol=2e-3 * len(new), rtol=1e-4)
+
+
+def test_converted_folder_is_plain_safetensors(smollm2_dir):
+    import json
+
+    from longpo.convert_gguf import file_sha256, smollm2_gguf
+
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert config["rope_parameters"]["rope_theta"] == 100000.0 and config["tie_word_embeddings"]
+    source = json.loads((smollm2_dir / "converted_from.json").read_text())
+    assert source["sha256"] == file_sha256(smollm2_gguf()) and source["sha256"][:16] in smollm2_dir.name
+    assert (smollm2_dir / "chat_template.jinja").is_file() or "chat_template" in (
+        smollm2_dir / "tokenizer_config.json").read_text()
