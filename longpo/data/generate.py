@@ -32,6 +32,7 @@ from longpo.backends.base import Sampling, generate_with_reasons
 from longpo.config import help_field
 from longpo.data import phases
 from longpo.data.filters import FilterConfig, drop_reason, is_copy, is_specific_question, trim_to_sentence
+from longpo.data.presets import question_template
 from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE
 from longpo.data.stats import (
     add_reference_stats,
@@ -81,12 +82,15 @@ class Config:
     min_questions: int = help_field(1, "a reply with fewer questions is skipped and counted (num_questions: only "
                                        "replies with every question asked, the released rule)")
     question_parser: str = help_field("questions", "how questions are read from a reply: questions (only lines "
-                                                   "that are questions, labels stripped, several per line split) "
-                                                   "or lines (every numbered / bulleted / plain line, the rule "
-                                                   "before issue 18)")
+                                                   "that are questions, labels stripped, several per line split), "
+                                                   "lines (every numbered / bulleted / plain line, the rule "
+                                                   "before issue 18) or lenient (items up to their '?', the "
+                                                   "example's questions dropped: small models, with "
+                                                   "question_template=small)")
     num_turns: int = help_field(2, "turns per document, each about a different chunk")
     question_template: str = help_field(QUESTION_TEMPLATE, "user message asking for questions; placeholders "
-                                                           "{chunk} and {k}")
+                                                           "{chunk} and {k}; or a preset name: paper, small "
+                                                           "(longpo/data/presets.py)")
     question_prefix: str = help_field(QUESTION_PREFIX, "put before the chosen question")
     question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, top_p=0.9,
                                                                          max_new_tokens=1024),
@@ -117,6 +121,7 @@ class Config:
         for name in ("num_questions", "num_turns", "documents_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        self.question_template = question_template(self.question_template)
         if not 1 <= self.min_questions <= self.num_questions:
             raise ValueError(f"min_questions={self.min_questions} must lie in [1, num_questions={self.num_questions}]")
         if self.question_parser not in QUESTION_PARSERS:

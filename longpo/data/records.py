@@ -195,11 +195,15 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[i
     """Token ids of a conversation and a mask that is True on assistant-message tokens.
 
     The assistant span of message k is the text between the template rendered up to k with a
-    generation prompt and the template rendered through k. A token is a response token when its
-    first character lies in such a span (the turn's end-of-turn token included, except for the
-    messages in `cut`, answers that never generated it: their span ends with their content).
+    generation prompt and the template rendered through k, cut after its last end-of-sequence
+    token when it holds one: ChatML templates write "<|im_end|>\n", and the newline after the
+    token generation stops at is never generated, so it is no response token. A token is a
+    response token when its first character lies in such a span (the turn's end-of-turn token
+    included, except for the messages in `cut`, answers that never generated it: their span ends
+    with their content).
     """
     text = render(tokenizer, messages)
+    eos = getattr(tokenizer, "eos_token", None)
     spans = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -211,7 +215,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[i
                 "the chat template does not render conversations as growing prefixes; "
                 "cannot locate assistant tokens (is it a template that rewrites earlier turns?)"
             )
-        end = len(through)
+        end = through.rfind(eos, len(before)) + len(eos) if eos and eos in through[len(before):] else len(through)
         if k in cut:
             at = text.find(message["content"], len(before), end)
             if at < 0:

@@ -17,7 +17,7 @@ def test_tokenize_pair_shares_exactly_the_prompt(tokenizer):
         assert [False] * len(pair.prefix) + mask == full_mask
         # Masked tokens decode to the answers plus their end-of-turn tokens, nothing else.
         text = tokenizer.decode([t for t, m in zip(ids, mask) if m])
-        assert text == "".join(turn[branch] + "<|end|>\n" for turn in rec["turns"])
+        assert text == "".join(turn[branch] + "<|end|>" for turn in rec["turns"])
     assert rec["document"] in tokenizer.decode(pair.prefix)
 
 
