@@ -123,9 +123,9 @@ SMALL_QUESTION_TEMPLATE = (
     "questions, as a numbered list from 1 to {k}."
 )
 
-_ITEM = re.compile(r"^\s*(?:\*\*)?(?:Q(?:uestion)?\s*)?(?:\d{1,2}\s*(?:[.):\]-]|\*\*)|[-*\u2022])\s*(.*)$", re.IGNORECASE)
+_LENIENT_ITEM = re.compile(r"^\s*(?:\*\*)?(?:Q(?:uestion)?\s*)?(?:\d{1,2}\s*(?:[.):\]-]|\*\*)|[-*\u2022])\s*(.*)$", re.IGNORECASE)
 # Labels left before a question: "Q:", "Question 2:", "A: 1.", "B)".
-_LABEL = re.compile(r"^(?:\*\*)?(?:(?:Q(?:uestion)?\s*\d*|[A-Z])\s*[:.)]\s*)?(?:\d{1,2}\s*[.)]\s*)?")
+_LENIENT_LABEL = re.compile(r"^(?:\*\*)?(?:(?:Q(?:uestion)?\s*\d*|[A-Z])\s*[:.)]\s*)?(?:\d{1,2}\s*[.)]\s*)?")
 
 
 def extract_lenient_questions(reply: str) -> list[str]:
@@ -139,10 +139,10 @@ def extract_lenient_questions(reply: str) -> list[str]:
     is the paper's quality filter for a 7B model, and a 135M model rarely meets it.
     """
     lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
-    items = [m.group(1) for line in lines if (m := _ITEM.match(line))] or lines
+    items = [m.group(1) for line in lines if (m := _LENIENT_ITEM.match(line))] or lines
     questions: list[str] = []
     for item in items:
-        text = _LABEL.sub("", item.strip().strip("*").strip())
+        text = _LENIENT_LABEL.sub("", item.strip().strip("*").strip())
         if "?" not in text:
             continue
         q = text[: text.index("?") + 1].strip().strip("*").strip()

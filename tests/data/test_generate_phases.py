@@ -37,8 +37,9 @@ def test_short_then_long_equals_one_pass(values, tmp_path):
     run(values, tmp_path / "two", phase="long")
     a, b = read_records(tmp_path / "all"), read_records(tmp_path / "two")
     assert a == b and len(a) == 5
-    assert (json.loads((tmp_path / "two" / "stats.json").read_text())
-            == json.loads((tmp_path / "all" / "stats.json").read_text()))
+    counts = [{k: v for k, v in json.loads((tmp_path / d / "stats.json").read_text()).items() if k != "seconds"}
+              for d in ("two", "all")]  # every count equal; the stage timings are wall clock
+    assert counts[0] == counts[1]
 
 
 def test_long_phase_needs_the_short_phase_and_the_same_prompts(values, tmp_path):
