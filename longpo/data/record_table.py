@@ -17,8 +17,6 @@ import bisect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import datasets
-
 from longpo.data.records import (
     RecordError,
     _strip_nulls,
@@ -40,10 +38,13 @@ class RecordTable(Sequence):
             self.files.append(file)
             self.kinds.append(kind)
             tables.append(ds)
-        self.table = datasets.concatenate_datasets(tables) if len(tables) > 1 else tables[0]
+        # One table per file, not concatenated: files of one folder may infer different features (a turn
+        # with optional keys such as chosen_cut in one shard only), which datasets cannot align.
+        self.tables = tables
+        self.total = sum(len(t) for t in tables)
         self.ids: list[str] = []
         seen: dict[str, int] = {}
-        for i, row in enumerate(self.table):
+        for i, row in enumerate(self._rows()):
             rid = validate_record(_strip_nulls(row), self.where(i), require_reference)["id"]
             if rid in seen:
                 raise RecordError(f"record {i}: id {rid!r} repeats record {seen[rid]}")
@@ -56,14 +57,20 @@ class RecordTable(Sequence):
         local = index - self.starts[f]
         return f"{self.files[f]}:{local + 1}" if self.kinds[f] == "json" else f"{self.files[f]} row {local}"
 
+    def _rows(self) -> Iterator[dict]:
+        for table in self.tables:
+            yield from table
+
     def __len__(self) -> int:
-        return len(self.table)
+        return self.total
 
     def __getitem__(self, index: int) -> dict:  # type: ignore[override]
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} of {len(self)}")
-        return validate_record(_strip_nulls(self.table[index]), self.where(index), self.require_reference)
+        f = bisect.bisect_right(self.starts, index) - 1
+        row = self.tables[f][index - self.starts[f]]
+        return validate_record(_strip_nulls(row), self.where(index), self.require_reference)
 
     def __iter__(self) -> Iterator[dict]:
-        for index, row in enumerate(self.table):
+        for index, row in enumerate(self._rows()):
             yield validate_record(_strip_nulls(row), self.where(index), self.require_reference)
