@@ -45,7 +45,7 @@ FAKE_VLLM = textwrap.dedent('''
                 text = self.tok.decode(p["prompt_token_ids"])
                 h = hashlib.sha1(text.encode()).hexdigest()[:6]
                 reply = QUESTIONS if MARK in text else f"answer {h} from the {'raised' if self.raised else 'original'} model."
-                outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=reply)]))
+                outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=reply, finish_reason="stop")]))
             return outs
 ''')
 
