@@ -87,3 +87,16 @@ def truncate_torn_tail(path: str | os.PathLike, block: int = 1 << 20) -> None:
             f.truncate(start)
             return
         f.write(b"\n")
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Write a matplotlib figure atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, target)
+    return target

@@ -24,7 +24,6 @@ stages and resumes an unfinished one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from longpo.demo.pretrain import PretrainConfig, train
 from longpo.errors import InputError
 from longpo.eval import run as eval_run
 from longpo.evolve import run_once
-from longpo.files import atomic_write_json, atomic_write_text
+from longpo.files import atomic_write_json, atomic_write_text, save_figure
 from longpo.toy.world import ASK_TEMPLATE
 from longpo.train import trainer
 
@@ -231,12 +230,7 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
         bars.set_visible(False)
     fig.suptitle("longpo demo: toy fact lookup after LongPO, SFT and DPO", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def demo(cfg: Config) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from longpo.files import save_figure
+
 
 def plot_niah_heatmap(grid: dict, path: str | os.PathLike, title: str | None = None) -> Path:
     """Draw `grid` (from `report.depth_grid`: depths, lengths, scores[depth][length]) to a PNG, atomically."""
@@ -31,10 +33,4 @@ def plot_niah_heatmap(grid: dict, path: str | os.PathLike, title: str | None = N
     ax.set_title(title or f"{grid['task']}: score by needle depth and length")
     fig.colorbar(image, ax=ax, label="score")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=120)

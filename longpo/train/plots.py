@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from longpo.errors import InputError
+from longpo.files import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +91,4 @@ def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
         ax.set_visible(False)
     fig.suptitle(f"training: {Path(run_dir).resolve().name} ({len(rows)} steps)", fontsize=11)
     fig.tight_layout()
-    target = Path(out) if out is not None else Path(run_dir) / "training.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, target)
-    return target
+    return save_figure(fig, Path(out) if out is not None else Path(run_dir) / "training.png", dpi=90)
