@@ -33,6 +33,7 @@ from longpo.data import generate, reference
 from longpo.eval import run as eval_run
 from longpo.eval.report import headline
 from longpo.files import atomic_write_json, atomic_write_text
+from longpo.fingerprint import guard, identity, remove, settings
 from longpo.train import trainer
 
 STAGE_ORDER = ("generate", "reference", "train", "eval")
@@ -54,6 +55,8 @@ class Config:
     output_dir: str = help_field("runs/evolve", "one folder per iteration, plus evolve.md / evolve.json")
     eval_base: bool = help_field(True, "evaluate the starting model with the first iteration's eval keys")
     iterations: list = help_field([], "list of iterations: {name, generate, reference, train, eval}")
+    overwrite: bool = help_field(False, "start over in output_dir: remove every iteration's folders there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -98,9 +101,30 @@ def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
     return cfgs
 
 
+def outputs(cfg: Config) -> list[str]:
+    return ["base", *[it.name for it in cfg.iterations], "evolve.json", "evolve.md", "resolved_config.yaml"]
+
+
+def check_rerun(cfg: Config) -> None:
+    """Before any stage runs: every stage's settings (without its exempt keys), wired as below, and the
+    base model and corpora match the run in output_dir (a finished stage is skipped by its marker, so
+    its own check would never see a changed key)."""
+    keys: dict = {"base_model": cfg.base_model, "eval_base": cfg.eval_base}  # output_dir: the folder itself
+    inputs = {"base_model": identity(cfg.base_model)}
+    model, out = cfg.base_model, Path(cfg.output_dir)
+    for it in cfg.iterations:
+        cfgs = _stage_configs(it, model, out / it.name)
+        for stage, c in cfgs.items():
+            keys[f"{it.name}.{stage}"] = settings(c, STAGES[stage].FINGERPRINT_EXEMPT)
+        inputs[f"{it.name}.corpus"] = identity(cfgs["generate"].corpus)
+        model = cfgs["eval"].model
+    guard("evolve", out, keys, (), inputs, cfg.overwrite, lambda: remove(out, outputs(cfg)))
+
+
 def evolve(cfg: Config) -> list[dict]:
     """Run (or resume) every iteration; returns one row per evaluated model."""
     out = Path(cfg.output_dir)
+    check_rerun(cfg)
     write_resolved_config(cfg, out)
     rows = []
     if cfg.eval_base:

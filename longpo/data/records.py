@@ -99,22 +99,28 @@ def has_reference(record: dict) -> bool:
     return all(turn.get(k) is not None for turn in record["turns"] for k in REF_FIELDS)
 
 
+RECORD_SUFFIXES = (".jsonl", ".parquet")
+
+
 def read_records(path: str | Path, require_reference: bool = False) -> list[dict]:
     """Read and validate records from a JSONL or Parquet file (or a folder of them) with `datasets`."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+        files = sorted(p for p in path.iterdir() if p.suffix in RECORD_SUFFIXES)
         if not files:
             raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
     elif path.is_file():
         files = [path]
     else:
         raise RecordError(f"{path}: no such file or folder")
-    records = []
+    records, wheres = [], []
     for file in files:
         kind = "parquet" if file.suffix == ".parquet" else "json"
         if kind == "json":
             _check_json_lines(file)
+            if not file.read_text(encoding="utf-8").strip():
+                raise RecordError(f"{file}: the file is empty (0 records); regenerate it, or remove it from the "
+                                  f"folder")
         try:
             ds = datasets.load_dataset(kind, data_files=str(file), split="train")
         except Exception as e:  # datasets wraps parser errors in many types
@@ -122,7 +128,8 @@ def read_records(path: str | Path, require_reference: bool = False) -> list[dict
         for i, row in enumerate(ds):
             where = f"{file}:{i + 1}" if kind == "json" else f"{file} row {i}"
             records.append(validate_record(_strip_nulls(row), where, require_reference))
-    _check_unique_ids(records)
+            wheres.append(where)
+    _check_unique_ids(records, wheres)
     return records
 
 
@@ -140,12 +147,13 @@ def _strip_nulls(row: dict) -> dict:
     return out
 
 
-def _check_unique_ids(records: list[dict]) -> None:
-    seen: dict[str, int] = {}
-    for i, rec in enumerate(records):
+def _check_unique_ids(records: list[dict], wheres: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for rec, where in zip(records, wheres):
         if rec["id"] in seen:
-            raise RecordError(f"record {i}: id {rec['id']!r} repeats record {seen[rec['id']]}")
-        seen[rec["id"]] = i
+            raise RecordError(f"{where}: id {rec['id']!r} repeats the record at {seen[rec['id']]}; give every "
+                              f"record its own id (or drop the duplicate)")
+        seen[rec["id"]] = where
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ from typing import Any
 from tqdm import tqdm
 
 from longpo.backends import make_backend
-from longpo.config import help_field, write_resolved_config
+from longpo.config import config_to_dict, help_field, write_resolved_config
 from longpo.data.records import read_records, tokenize_short
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import check_local
 
 
@@ -51,6 +52,22 @@ class Config:
                 raise ValueError(f"{name}= is required")
         if self.records_per_call < 1:
             raise ValueError(f"records_per_call={self.records_per_call} must be at least 1")
+
+
+# Keys that do not change the values (a rerun with other values resumes); each record is scored alone.
+FINGERPRINT_EXEMPT = ("output", "progress", "records_per_call")
+
+
+def check_rerun(cfg: Config, local_model: bool) -> None:
+    """A rerun resumes `output`'s partial file only with the same settings and inputs (longpo.fingerprint).
+    overwrite=true starts over; it is recorded as `recompute_present`, as it changes the values."""
+    out = Path(cfg.output)
+    inputs = {"input": identity(cfg.input, (".jsonl", ".parquet"))}
+    if local_model:
+        inputs |= {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer)}
+    names = [out.name, f"{out.name}.partial", f"{out.name}.reference_config.yaml"]
+    guard("reference", out.parent, {**config_to_dict(cfg), "recompute_present": cfg.overwrite}, FINGERPRINT_EXEMPT,
+          inputs, cfg.overwrite, lambda: remove(out.parent, names), target=out.with_name(f"{out.name}.fingerprint.json"))
 
 
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
@@ -92,6 +109,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None and cfg.backend != "openai":
         check_local(cfg.model)  # before reading anything
+    check_rerun(cfg, local_model=backend_factory is None and cfg.backend != "openai")
     records = read_records(cfg.input)
     output = Path(cfg.output)
     write_resolved_config(cfg, output.parent, name=f"{output.name}.reference_config.yaml")

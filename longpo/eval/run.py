@@ -27,6 +27,7 @@ from longpo.eval.runner import evaluate
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, TASKS, InfiniteBenchTask
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import check_local, max_positions
 from longpo.models import load_tokenizer as load_local_tokenizer
 
@@ -129,12 +130,46 @@ class Config:
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
     toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
+    overwrite: bool = help_field(False, "start over in out_dir: remove this stage's outputs there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model: give a checkpoint folder, e.g. model=runs/train/final")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# Keys that do not change the predictions (a rerun with other values resumes).
+FINGERPRINT_EXEMPT = ("out_dir", "progress")
+OUTPUTS = ("predictions", "short", "summary.json", "summary.csv", "summary.md", "niah_depth.png",
+           "resolved_config.yaml")
+
+
+def check_rerun(cfg: Config) -> None:
+    """A rerun into out_dir resumes only with the same settings and inputs (longpo.fingerprint)."""
+    r, ib, s = cfg.ruler, cfg.infinitebench, cfg.short
+    paths = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
+             "infinitebench.data_dir": ib.data_dir, "short.include_path": s.include_path,
+             **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
+             **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
+    if cfg.backend != "openai":
+        paths |= {"model": cfg.model}
+    inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
+    guard("eval", cfg.out_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, OUTPUTS))
+
+
+def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any) -> None:
+    """Exit non-zero (after the summary is written) when a task whose data was given could not read it,
+    or when nothing at all ran."""
+    missing = [s["task"] for s in skipped if s.get("missing")]
+    if missing:
+        raise InputError(f"{cfg.out_dir}: requested task(s) {missing} could not run: their data files are "
+                         f"missing (see the Skipped section of summary.md); fix the paths and rerun")
+    if not results and short is None:
+        raise InputError(f"{cfg.out_dir}: no task ran ({len(skipped)} skipped: "
+                         f"{'; '.join(s['task'] + ': ' + s['reason'] for s in skipped)[:400]}); enable a task "
+                         f"or give its data")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +219,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 task.fitted_size()  # size the haystack now: a length too short for a task shows up here
             into.append(task)
         except (DataMissing, PromptTooLong) as e:
-            skipped.append({"task": name, "reason": str(e)})
+            skipped.append({"task": name, "reason": str(e), "missing": isinstance(e, DataMissing)})
 
     r = cfg.ruler
     data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
@@ -219,6 +254,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
 
 def main(cfg: Config) -> int:
     check_inputs(cfg)
+    check_rerun(cfg)
     out = Path(cfg.out_dir)
     write_resolved_config(cfg, out)
     results: list[dict] = []
@@ -248,4 +284,5 @@ def main(cfg: Config) -> int:
     if "niah_depth" in summary:
         plot_niah_heatmap(summary["niah_depth"], out / "niah_depth.png")
     print(paths["md"].read_text(encoding="utf-8"))
+    check_ran(cfg, results, skipped, short)
     return 0

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from longpo.eval.fitting import PromptTooLong
 from longpo.files import append_jsonl, read_jsonl
 
 
@@ -75,9 +76,19 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
 
         bar = tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex", dynamic_ncols=True)
     started = time.perf_counter()
+    too_long: list[int] = []  # examples that do not fit the task's length: skipped and counted, not fatal
     for start in range(0, len(todo), batch_size):
-        indices = todo[start:start + batch_size]
-        examples = [task.get_example(i) for i in indices]
+        indices, examples = [], []
+        for i in todo[start:start + batch_size]:
+            try:
+                examples.append(task.get_example(i))
+                indices.append(i)
+            except PromptTooLong:
+                too_long.append(i)
+        if bar is not None:
+            bar.update(len(todo[start:start + batch_size]))
+        if not examples:
+            continue
         params = _sampling_for(sampling, task.max_new_tokens)
         predictions = backend.generate([ex["prompt"] for ex in examples], params)
         if len(predictions) != len(examples):
@@ -88,8 +99,6 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
             row.update({k: v for k, v in ex.items() if k not in ("prompt", "id") and k not in row})
             append_jsonl(path, row)
             done[i] = row
-        if bar is not None:
-            bar.update(len(indices))
     if bar is not None:
         bar.close()
     rows = [done[i] for i in range(n) if i in done]
@@ -99,6 +108,7 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         **dict(getattr(task, "metadata", {})),
         "score": sum(scores) / len(scores) if scores else float("nan"),
         "n": len(scores),
+        "skipped_too_long": len(too_long),
         "seconds": round(time.perf_counter() - started, 3),
         "predictions": str(path),
     }

@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from longpo.config import config_to_dict, help_field, write_resolved_config
-from longpo.data.records import read_records
+from longpo.data.records import RECORD_SUFFIXES, read_records
+from longpo.files import check_writable
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import DTYPES, check_local, load_model, load_tokenizer
 from longpo.toy.run import prepare_tiny_run, tiny_run_paths
 from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
@@ -118,6 +120,8 @@ class Config:
     resume: str = help_field("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint dir")
     report_to: list = help_field([], f"trackers besides metrics.jsonl: {list(TRACKERS)}")
     progress_bar: bool = help_field(True, "tqdm bar with tokens/s and ETA")
+    overwrite: bool = help_field(False, "start over in output_dir: remove this stage's outputs there (checkpoints, "
+                                        "metrics, export) first; without it a rerun must use the same settings")
 
     def __post_init__(self):
         choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
@@ -148,6 +152,33 @@ class Config:
             raise ValueError(f"report_to: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
         if self.rope_theta is not None and self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+
+
+# Keys that do not change what is trained (the folder itself, memory / speed knobs computing the same maths, logging, where
+# and how often to save): a rerun with other values resumes. Every other key is in the run's fingerprint.
+FINGERPRINT_EXEMPT = ("output_dir", "progress_bar", "save_steps", "keep_checkpoints", "report_to", "resume", "export_dir",
+                      "gradient_checkpointing", "logp_chunk_size", "attention_backend")
+OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_config.yaml", "logs", "final",
+           ".tmp-final", "original_model", "tiny_records.jsonl")
+
+
+def check_rerun(cfg: Config, main_process: bool) -> None:
+    """Before anything is loaded or written: the output and export folders are writable, and a rerun
+    into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
+    if cfg.model != TINY:
+        check_local(cfg.model)
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else None
+
+    def clear() -> None:
+        remove(cfg.output_dir, OUTPUTS)
+        if export_dir is not None:
+            remove(export_dir.parent, [export_dir.name, f".tmp-{export_dir.name}"])
+
+    inputs = {} if cfg.model == TINY else {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer),
+                                          "train_file": identity(cfg.train_file, RECORD_SUFFIXES)}
+    guard("train", cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, clear, write=main_process)
+    if main_process and export_dir is not None:  # found now, not after all the training
+        check_writable(export_dir.parent, "export_dir's parent folder")
 
 
 class TrainingError(RuntimeError):
@@ -218,6 +249,8 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(cfg)
         self.mesh = init_mesh(cfg.sp_size)  # data parallel x sequence parallel; 1 x 1 in one process
         self.world = accelerator.num_processes
+        check_rerun(cfg, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
         if cfg.model == TINY:
             cfg = prepare_tiny(cfg, accelerator)
         self.cfg = cfg
@@ -305,6 +338,9 @@ class Trainer:
         nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
         lam = 0.0 if cfg.loss == "sft" else cfg.lam
         sums = StepSums(skipped=skipped)
+        if num_pairs == 0:  # every pair of the step was over max_length on every rank: no forward, no update
+            logger.warning(f"step {self.step + 1}: every pair was over max_length={cfg.max_length}; step skipped")
+            return sums.reduce(self.mesh, accelerator.device)
         for mb in micro:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
