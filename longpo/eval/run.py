@@ -160,8 +160,9 @@ def check_rerun(cfg: Config) -> None:
 
 
 def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any) -> None:
-    """Exit non-zero (after the summary is written) when a task whose data was given could not read it,
-    or when nothing at all ran."""
+    """Exit non-zero (after the summary is written) when a task whose data was given could not read it
+    (an InfiniteBench file missing from data_dir), or when nothing at all ran. RULER tasks whose data is
+    neither configured nor installed are only listed as skipped (README, Offline data)."""
     missing = [s["task"] for s in skipped if s.get("missing")]
     if missing:
         raise InputError(f"{cfg.out_dir}: requested task(s) {missing} could not run: their data files are "
@@ -181,6 +182,12 @@ def check_inputs(cfg: Config) -> None:
         check_local(cfg.model)
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
+    r, ib = cfg.ruler, cfg.infinitebench
+    given = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
+             "infinitebench.data_dir": ib.data_dir, **{f"infinitebench.files.{k}": v for k, v in ib.files.items()}}
+    absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
+    if absent:
+        raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
     limit = None if cfg.backend == "openai" else max_positions(cfg.model)
     if limit is None or cfg.allow_beyond_max_positions:
         return
@@ -219,7 +226,9 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 task.fitted_size()  # size the haystack now: a length too short for a task shows up here
             into.append(task)
         except (DataMissing, PromptTooLong) as e:
-            skipped.append({"task": name, "reason": str(e), "missing": isinstance(e, DataMissing)})
+            # infinitebench data is always a configured path (unset: skipped below, not "missing")
+            skipped.append({"task": name, "reason": str(e),
+                            "missing": isinstance(e, DataMissing) and name.startswith("infinitebench/")})
 
     r = cfg.ruler
     data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
