@@ -15,6 +15,7 @@ previous checkpoint stays the newest and the same command resumes from it once t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -76,9 +77,11 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: dict
     _raise_together(accelerator, problem)
     try:
         accelerator.save_state(str(tmp))  # every rank: ZeRO-3 / FSDP shards, per-rank RNG states
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+    except Exception as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not _out_of_space(e):
+            raise
         raise WriteError(f"{tmp}: writing checkpoint-{state['step']} failed ({str(e).splitlines()[0][:120]}; "
                          f"{free_text(out)}); the temporary folder was removed and the last complete "
                          f"checkpoint is intact: free some space, then rerun the same command") from e
@@ -96,6 +99,15 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: dict
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """A full disk, however the writer reports it: OSError ENOSPC, torch's zip writer ("unexpected pos"),
+    safetensors ("os error 28")."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(s in text for s in ("No space left", "os error 28", "unexpected pos", "ENOSPC"))
 
 
 def _raise_together(accelerator: Any, problem: str) -> None:
@@ -168,8 +180,10 @@ def export_model(accelerator: Any, module: Any, tokenizer: Any, out_dir: str | o
         try:
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not _out_of_space(e):
+                raise
             raise WriteError(f"{out}: exporting the model failed ({str(e).splitlines()[0][:120]}; "
                              f"{free_text(out.parent)}); the checkpoints are intact: free some space, then rerun "
                              f"the same command") from e
