@@ -244,3 +244,87 @@ def test_disk_full_during_an_atomic_write_is_one_line_and_leaves_no_temp(tmp_pat
     with pytest.raises(WriteError, match=rf"{target}: no space left on device .*rerun the same command"):
         atomic_write_text(target, "new\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json"] and target.read_text() == "old\n"
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (root with mount), else skipped: test_checkpoint_write_failure_* patches the writer."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.slow  # four tiny training runs (about a minute on 2 CPU cores)
+def test_disk_full_at_a_checkpoint_is_one_line_keeps_the_last_one_and_resumes_once_space_is_back(
+        small_disk, tmp_path, monkeypatch, capsys):
+    """Step 1's checkpoint fits; then the disk is filled. Step 2's save is refused by the free-space
+    check, and (with the check disabled) fails mid-write; both leave no temporary and checkpoint-1 as
+    it was. With the space back the same command resumes from checkpoint-1 and ends as an
+    uninterrupted run does."""
+    import shutil
+
+    from longpo.train import checkpoint, trainer
+
+    args = ["model=tiny", "tiny_records=6", "pairs_per_micro_batch=2", "gradient_accumulation_steps=1",
+            "max_steps=3", "save_steps=1", "keep_checkpoints=3", "optimizer=adamw", "learning_rate=1e-3",
+            "warmup_ratio=0", "max_length=4096", "seed=3", "progress_bar=false"]
+    reset_accelerate()
+    assert cli.main(["train", f"output_dir={tmp_path / 'ref'}", *args]) == 0
+    out, filler = small_disk / "run", small_disk / "filler"
+    real_save, saved = trainer.save_checkpoint, {}
+
+    def save_then_fill(accelerator, output_dir, state, keep):
+        path = real_save(accelerator, output_dir, state, keep)
+        if state["step"] == 1:
+            saved.update(tree(path))
+            filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (300 << 10)))
+        return path
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_fill)
+    reset_accelerate()
+    assert cli.main(["train", f"output_dir={out}", *args]) == 2
+    line = one_line(capsys, "train")
+    assert f"{out}: checkpoint-2 needs about" in line and "MiB free" in line, line
+
+    def clean():
+        assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")], "stale temporaries"
+        assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000001"]
+        assert tree(out / "checkpoint-0000001") == saved
+
+    clean()
+    monkeypatch.setattr(checkpoint, "checkpoint_bytes", lambda accelerator, output_dir: 0)
+    reset_accelerate()
+    assert cli.main(["train", f"output_dir={out}", *args]) == 2
+    line = one_line(capsys, "train")
+    assert "writing checkpoint-2 failed" in line and "the last complete checkpoint is intact" in line, line
+    clean()
+    filler.unlink()
+    monkeypatch.undo()
+    reset_accelerate()
+    assert cli.main(["train", f"output_dir={out}", *args]) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref], rel=1e-5)
+
+
+def test_checkpoint_write_failure_from_a_patched_writer_leaves_no_temporary(tmp_path):
+    """Without a tmpfs: `save_state` writes part of a file, then raises ENOSPC."""
+    from longpo.train.checkpoint import save_checkpoint
+
+    class Accelerator:
+        is_main_process, num_processes, _models, _optimizers = True, 1, [], []
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, path):
+            (Path(path) / "model.safetensors").write_bytes(b"\0" * 10)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match="writing checkpoint-3 failed .*No space left"):
+        save_checkpoint(Accelerator(), tmp_path, {"step": 3}, keep=2)
+    assert list(tmp_path.iterdir()) == []
