@@ -158,3 +158,36 @@ def test_generate_changed_documents_per_group_refuses_before_writing(tmp_path, t
     assert fresh["records"] == 6  # not 6 + duplicates
     assert sorted(p.name for p in (tmp_path / "gen").glob("records-*")) == [
         "records-s000-g000000.jsonl", "records-s000-g000001.jsonl"]
+
+
+# ------------------------------------------------------------------------------------- demo, evolve
+
+
+def test_demo_with_another_seed_or_documents_refuses_before_anything(tmp_path):
+    from longpo.demo import run as demo
+
+    cfg = build_config(demo.Config, {"output_dir": str(tmp_path / "d")})
+    demo.check_rerun(cfg)
+    before = tree(tmp_path / "d")
+    demo.check_rerun(build_config(demo.Config, {"output_dir": str(tmp_path / "d"), "threads": 1}))  # exempt
+    with pytest.raises(FingerprintMismatch, match=r"documents: 64 -> 8; seed: 0 -> 1"):
+        demo.check_rerun(build_config(demo.Config, {"output_dir": str(tmp_path / "d"), "seed": 1, "documents": 8}))
+    assert tree(tmp_path / "d") == before
+
+
+def test_evolve_checks_every_stage_up_front(tmp_path):
+    """A finished stage is skipped by its .done marker, so evolve itself compares the stages' keys."""
+    import dataclasses
+
+    from longpo import evolve
+    from longpo.config import load_config
+
+    cfg = load_config(evolve.Config, "configs/evolve_toy.yaml", [f"output_dir={tmp_path / 'e'}"])
+    evolve.check_rerun(cfg)
+    evolve.check_rerun(cfg)
+    it = cfg.iterations[-1]
+    changed = dataclasses.replace(cfg, iterations=[*cfg.iterations[:-1], dataclasses.replace(
+        it, train={**it.train, "learning_rate": 0.5, "progress_bar": True})])
+    with pytest.raises(FingerprintMismatch, match=rf"{it.name}.train.learning_rate: .* -> 0.5") as e:
+        evolve.check_rerun(changed)
+    assert "progress_bar" not in str(e.value)
