@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from longpo.errors import InputError
 from longpo.eval.fitting import PromptTooLong
 from longpo.files import append_jsonl, read_jsonl
 
@@ -37,7 +38,7 @@ def _load_done(path: Path) -> dict[int, dict]:
     done = {}
     for row in read_jsonl(path, tolerate_torn_tail=True):
         if "index" not in row or "prediction" not in row:
-            raise ValueError(f"{path}: a row lacks 'index' or 'prediction'; it was not written by this runner")
+            raise InputError(f"{path}: a row lacks 'index' or 'prediction'; it was not written by this runner")
         done[int(row["index"])] = row
     return done
 
@@ -66,7 +67,7 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         # Resuming: make sure the saved rows were made from the same prompts (same tokenizer, seed, config).
         first = min(done)
         if done[first].get("prompt_sha1") != prompt_digest(task.get_example(first)["prompt"]):
-            raise ValueError(
+            raise InputError(
                 f"{path}: saved predictions were made from different prompts than this run builds "
                 f"(example {first}); use a new out_dir or delete the file"
             )

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from longpo.errors import InputError
 from longpo.files import (
     WriteError,
     atomic_write_json,
@@ -55,7 +56,7 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: no complete checkpoint there (missing {STATE_FILE}); "
+        raise InputError(f"resume={resume!r}: no complete checkpoint there (missing {STATE_FILE}); "
                                 f"complete ones in {output_dir}: {[p.name for p in checkpoint_dirs(output_dir)]}")
     return path
 

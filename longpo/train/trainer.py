@@ -35,6 +35,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from longpo.config import config_to_dict, help_field, write_resolved_config
 from longpo.data.records import RECORD_SUFFIXES, read_records
+from longpo.errors import InputError
 from longpo.files import check_writable
 from longpo.fingerprint import guard, identity, remove
 from longpo.models import DTYPES, check_local, load_model, load_tokenizer
@@ -305,7 +306,7 @@ class Trainer:
         if resume_from is not None:
             state = load_checkpoint(self.accelerator, resume_from)
             if state["pairs_per_step"] != self.pairs_per_step:
-                raise ValueError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
+                raise InputError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
                                  f"has {self.pairs_per_step}: the data position would not match; resume with the "
                                  f"same pairs_per_micro_batch x gradient_accumulation_steps x ranks, or resume=none")
             self.step, self.skipped_total = state["step"], state["skipped_overlong"]
