@@ -19,6 +19,7 @@ import yaml
 
 from longpo import recipes
 from longpo.errors import InputError
+from longpo.files import atomic_write_text
 
 C = TypeVar("C")
 
@@ -53,7 +54,12 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                              f"quote it, e.g. {key}='...'") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -77,6 +83,90 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_value(value: Any, tp: Any, where: str, name: str = "") -> Any:
+    """`value` checked against annotation `tp` (and converted where lossless); ConfigError names the key.
+
+    bool takes only true/false; int takes integers (4096.0 -> 4096, not 4096.5); float takes numbers
+    (and YAML 1.1's "1e7" strings); str takes strings (numbers are spelled); lists take a list or a
+    comma-separated string, element by element; dicts a mapping; dataclasses a mapping of their keys;
+    Optional[...] also None.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return check_value(value, options[0], where, name)
+        for option in options:
+            try:
+                return check_value(value, option, where, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}={value!r} is none of {[_type_name(a) for a in options]}")
+    if value is None:
+        raise ConfigError(f"{where}: null is not allowed; give a {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return build_config(tp, value, where.replace(": ", "."))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} is not a boolean; write true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} is not an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int):
+            raise ConfigError(f"{where}={value!r} is not an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} is not a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e7 (no dot, no sign) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}={value!r} is not a number")
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r} is not a string")
+        return value
+    if tp in (list, tuple) or origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r} is not a list")
+        if args and args[-1] is not Ellipsis and origin is list:
+            value = [check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return list(value) if (origin or tp) is list else tuple(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} is not a mapping")
+        return value
+    return value
+
+
 def build_config(cls: type[C], values: dict, where: str = "config") -> C:
     """Construct dataclass `cls` from a nested dict, naming any unknown key and the valid ones."""
     if not isinstance(values, dict):
@@ -86,23 +176,7 @@ def build_config(cls: type[C], values: dict, where: str = "config") -> C:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        tp = _unwrap_optional(hints[name])
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = build_config(tp, value, f"{where}.{name}")
-        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif tp is float and isinstance(value, str):  # YAML 1.1 reads 1e7 (no dot, no sign) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: {name}={value!r} is not a number") from None
-        elif tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        elif typing.get_origin(tp) in (list, tuple) and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        kwargs[name] = value
+    kwargs = {name: check_value(value, hints[name], f"{where}: {name}", name) for name, value in values.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -117,8 +191,14 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
             path = recipes.resolve(path)  # a file as given, else the packaged recipe of that name
         except recipes.RecipeError as e:
             raise ConfigError(str(e)) from None
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: YAML syntax error ({getattr(e, 'problem', None) or e}); fix that "
+                              f"line") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config keys")
         values = loaded
@@ -132,14 +212,7 @@ def config_to_dict(cfg: Any) -> dict:
 
 def write_resolved_config(cfg: Any, out_dir: str | os.PathLike, name: str = "resolved_config.yaml") -> Path:
     """Write the fully resolved config beside a stage's outputs (atomically)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / name
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(Path(out_dir) / name, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_help(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:

@@ -69,6 +69,7 @@ from longpo.errors import InputError
 from longpo.eval import run as eval_run
 from longpo.eval.report import headline
 from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from longpo.fingerprint import guard, identity, remove, settings
 from longpo.launcher import (
     StageFailed,
     Worker,
@@ -117,6 +118,8 @@ class Config:
                                           "this process, one device (library use, the CPU demo)")
     dry_run: bool = help_field(False, "resolve and validate every stage's config, topology and command lines; "
                                       "print the plan and run nothing")
+    overwrite: bool = help_field(False, "start over in output_dir: remove every iteration's folders there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -372,6 +375,26 @@ def describe(stages: list[Stage]) -> str:
     return "\n".join(lines)
 
 
+def outputs(cfg: Config) -> list[str]:
+    return ["base", *[it.name for it in cfg.iterations], "evolve.json", "evolve.md", "resolved_config.yaml"]
+
+
+def check_rerun(cfg: Config, write: bool = True) -> None:
+    """Before any stage runs: every stage's settings (without its exempt keys), wired as below, and the
+    base model and corpora match the run in output_dir (a finished stage is skipped by its marker, so
+    its own check would never see a changed key)."""
+    keys: dict = {"base_model": cfg.base_model, "eval_base": cfg.eval_base}  # output_dir: the folder itself
+    inputs = {"base_model": identity(cfg.base_model)}
+    model, out = cfg.base_model, Path(cfg.output_dir)
+    for it in cfg.iterations:
+        cfgs = _stage_configs(it, model, out / it.name)
+        for stage, c in cfgs.items():
+            keys[f"{it.name}.{stage}"] = settings(c, STAGES[stage].FINGERPRINT_EXEMPT)
+        inputs[f"{it.name}.corpus"] = identity(cfgs["generate"].corpus)
+        model = cfgs["eval"].model
+    guard("evolve", out, keys, (), inputs, cfg.overwrite and write, lambda: remove(out, outputs(cfg)), write=write)
+
+
 # ------------------------------------------------------------------------------------------ running
 
 
@@ -409,6 +432,7 @@ def evolve(cfg: Config) -> list[dict]:
     if cfg.launch == "processes" or cfg.dry_run:
         check_local(cfg.base_model)
     stages = plan(cfg)
+    check_rerun(cfg, write=not cfg.dry_run)  # before any stage runs; a dry run only compares
     if cfg.dry_run:
         print(describe(stages))
         return []

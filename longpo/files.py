@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,16 +13,72 @@ from typing import Any
 from longpo.errors import InputError
 
 
+class WriteError(InputError):
+    """A file could not be written: no space left, read-only or not permitted (the message says which)."""
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
+    """One line naming the file, the cause and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"{path}: no space left on device ({free_text(Path(path).parent)}); free some space or "
+                          f"choose another folder, then rerun the same command (it resumes)")
+    return WriteError(f"{path}: cannot write ({e.strerror or e}); make the folder writable or choose another one")
+
+
+def free_text(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(_existing(folder)).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def _existing(folder: Path) -> Path:
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create `folder` if needed and prove a file can be written there, before any work is done."""
+    folder = Path(folder)
+    probe = folder / f".longpo-write-test.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WriteError(f"{what} {folder}: not writable ({e.strerror or e}); make it writable or choose "
+                         f"another folder") from e
+    return folder
+
+
+def require_free(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse (one line) when `folder`'s file system has less than `needed` bytes free."""
+    free = shutil.disk_usage(_existing(Path(folder))).free
+    if free < needed:
+        raise WriteError(f"{folder}: {what} needs about {needed / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB "
+                         f"free; free some space or choose another folder, then rerun the same command "
+                         f"(it resumes from the last complete checkpoint)")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file and `os.replace`, so a crash leaves old or new."""
+    """Write `text` to `path` through a temporary file and `os.replace`, so a crash leaves old or new.
+
+    A failed write (disk full, read-only) removes the temporary file and raises `WriteError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     return path
 
 
@@ -35,11 +93,14 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one row and flush: a crash loses at most the row being written (readers skip a torn tail)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a torn last line is dropped by the readers on resume
+        raise write_error(path, e) from e
 
 
 def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[dict]:
@@ -60,7 +121,7 @@ def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Ite
                     return
                 raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from e
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
             yield row
 
 
@@ -96,7 +157,12 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, target)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(target, e) from e
+    finally:
+        plt.close(fig)
     return target

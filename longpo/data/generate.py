@@ -43,6 +43,7 @@ from longpo.data.stats import (
     summary,
 )
 from longpo.errors import InputError
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import check_local
 
 log = logging.getLogger("longpo.generate")
@@ -107,6 +108,8 @@ class Config:
     shard_index: int = help_field(0, "which of them this job is (0-based)")
     seed: int = help_field(42, "seed of chunk and question choices and of sampling")
     progress: bool = help_field(True, "show a progress bar")
+    overwrite: bool = help_field(False, "start over in output_dir: remove this stage's outputs there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.model or not self.corpus:
@@ -144,6 +147,25 @@ class Config:
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
+
+
+# Keys that do not change the records (a rerun with other values resumes); every other key, the
+# sharding of the corpus included (num_shards, shard_index, documents_per_group), is in the fingerprint.
+# Each phase keeps its own fingerprint (phase=short and phase=long share one output_dir by design).
+FINGERPRINT_EXEMPT = ("output_dir", "progress", "phase")
+OUTPUTS = {"all": ("records-s*-g*.jsonl", "manifest.json", "stats.json", "summary.txt", "resolved_config.yaml"),
+           "short": ("short-s*-g*.json", "manifest.short.json", "resolved_config.short.yaml")}
+OUTPUTS["long"] = OUTPUTS["all"]
+
+
+def check_rerun(cfg: Config, local_model: bool) -> None:
+    """A rerun into output_dir resumes only with the same settings and inputs (longpo.fingerprint)."""
+    inputs = {"corpus": identity(cfg.corpus)}
+    if local_model:
+        inputs |= {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer)}
+    stage = "generate" if cfg.phase == "all" else f"generate.{cfg.phase}"
+    guard(stage, cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite,
+          lambda: remove(cfg.output_dir, OUTPUTS[cfg.phase]))
 
 
 # ---------------------------------------------------------------------------------- one group
@@ -454,6 +476,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
 
     if backend is None and cfg.backend != "openai":
         check_local(cfg.model)  # before anything is read or written
+    check_rerun(cfg, local_model=cfg.backend != "openai")
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out, name="resolved_config.short.yaml" if cfg.phase == "short" else "resolved_config.yaml")
     manifest_path = out / ("manifest.short.json" if cfg.phase == "short" else "manifest.json")
@@ -592,4 +615,11 @@ def main(cfg: Config) -> int:
     stats = generate(cfg)
     print(summary(stats))
     print(f"-> {cfg.output_dir}")
+    if cfg.phase != "short" and not stats["records"]:  # the next stage would only find an empty folder
+        skipped = {k: v for k, v in stats["skipped"].items() if v}
+        dropped = {k: v for k, v in stats["dropped"].items() if v}
+        raise InputError(f"{cfg.output_dir}: no pair kept from {stats['documents']} documents (skipped {skipped}, "
+                         f"dropped {dropped}, questions dropped {dict(stats['questions_dropped'])}, unparsable question replies "
+                         f"{stats['questions_unparsable']}); "
+                         f"loosen the document length or filter keys, then rerun with overwrite=true")
     return 0

@@ -47,7 +47,8 @@ class RecordTable(Sequence):
         for i, row in enumerate(self._rows()):
             rid = validate_record(_strip_nulls(row), self.where(i), require_reference)["id"]
             if rid in seen:
-                raise RecordError(f"record {i}: id {rid!r} repeats record {seen[rid]}")
+                raise RecordError(f"{self.where(i)}: id {rid!r} repeats the record at {self.where(seen[rid])}; give "
+                                  f"every record its own id (or drop the duplicate)")
             seen[rid] = i
             self.ids.append(rid)
 

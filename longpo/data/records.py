@@ -105,15 +105,19 @@ def has_reference(record: dict) -> bool:
     return all(turn.get(k) is not None for turn in record["turns"] for k in REF_FIELDS)
 
 
+RECORD_SUFFIXES = (".jsonl", ".parquet")
+
+
 def read_records(path: str | Path, require_reference: bool = False) -> list[dict]:
     """Read and validate records from a JSONL or Parquet file (or a folder of them) with `datasets`."""
-    records = []
+    records, wheres = [], []
     for file in record_files(path):
         kind, ds = load_record_file(file)
         for i, row in enumerate(ds):
             where = f"{file}:{i + 1}" if kind == "json" else f"{file} row {i}"
             records.append(validate_record(_strip_nulls(row), where, require_reference))
-    _check_unique_ids(records)
+            wheres.append(where)
+    _check_unique_ids(records, wheres)
     return records
 
 
@@ -121,7 +125,7 @@ def record_files(path: str | Path) -> list[Path]:
     """The record files at `path`: the file itself, or the .jsonl / .parquet files of a folder."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+        files = sorted(p for p in path.iterdir() if p.suffix in RECORD_SUFFIXES)
         if not files:
             raise RecordError(f"{path}: folder holds no .jsonl or .parquet files")
         return files
@@ -142,9 +146,9 @@ def load_record_file(file: Path) -> tuple[str, datasets.Dataset]:
 
 
 def _check_json_lines(file: Path) -> None:
-    """Name the exact line of a JSON error before `datasets` reports it without one."""
-    for _ in read_jsonl(file):
-        pass
+    """Name the exact line of a JSON error before `datasets` reports it without one, and refuse an empty file."""
+    if sum(1 for _ in read_jsonl(file)) == 0:
+        raise RecordError(f"{file}: the file is empty (0 records); regenerate it, or remove it from the folder")
 
 
 def _strip_nulls(row: dict) -> dict:
@@ -155,12 +159,13 @@ def _strip_nulls(row: dict) -> dict:
     return out
 
 
-def _check_unique_ids(records: list[dict]) -> None:
-    seen: dict[str, int] = {}
-    for i, rec in enumerate(records):
+def _check_unique_ids(records: list[dict], wheres: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for rec, where in zip(records, wheres):
         if rec["id"] in seen:
-            raise RecordError(f"record {i}: id {rec['id']!r} repeats record {seen[rec['id']]}")
-        seen[rec["id"]] = i
+            raise RecordError(f"{where}: id {rec['id']!r} repeats the record at {seen[rec['id']]}; give every "
+                              f"record its own id (or drop the duplicate)")
+        seen[rec["id"]] = where
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,13 +27,14 @@ from typing import Any
 from tqdm import tqdm
 
 from longpo.backends import make_backend
-from longpo.config import help_field, write_resolved_config
+from longpo.config import config_to_dict, help_field, write_resolved_config
 from longpo.data.record_table import RecordTable
 from longpo.data.records import tokenize_short
 from longpo.data.released import is_released
 from longpo.data.released_reference import run_released
 from longpo.errors import InputError
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl, truncate_torn_tail
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import check_local
 
 
@@ -67,6 +68,22 @@ class Config:
 def in_shard(record_id: str, num_shards: int, shard_index: int) -> bool:
     """The split `longpo generate` uses for documents (a hash of the id), applied to records."""
     return int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % num_shards == shard_index
+
+
+# Keys that do not change the values (a rerun with other values resumes); each record is scored alone.
+FINGERPRINT_EXEMPT = ("output", "progress", "records_per_call")
+
+
+def check_rerun(cfg: Config, local_model: bool) -> None:
+    """A rerun resumes `output`'s partial file only with the same settings and inputs (longpo.fingerprint).
+    overwrite=true starts over; it is recorded as `recompute_present`, as it changes the values."""
+    out = Path(cfg.output)
+    inputs = {"input": identity(cfg.input, None if is_released(cfg.input) else (".jsonl", ".parquet"))}
+    if local_model:
+        inputs |= {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer)}
+    names = [out.name, f"{out.name}.partial", f"{out.name}.reference_config.yaml"]
+    guard("reference", out.parent, {**config_to_dict(cfg), "recompute_present": cfg.overwrite}, FINGERPRINT_EXEMPT,
+          inputs, cfg.overwrite, lambda: remove(out.parent, names), target=out.with_name(f"{out.name}.fingerprint.json"))
 
 
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
@@ -109,6 +126,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None and cfg.backend != "openai":
         check_local(cfg.model)  # before reading anything
+    check_rerun(cfg, local_model=backend_factory is None and cfg.backend != "openai")
     make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
                                                      **cfg.backend_args))
     if is_released(cfg.input):  # tokenized already: scored from its stored short sequences

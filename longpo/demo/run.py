@@ -40,6 +40,7 @@ from longpo.errors import InputError
 from longpo.eval import run as eval_run
 from longpo.evolve import run_once
 from longpo.files import atomic_write_json, atomic_write_text, save_figure
+from longpo.fingerprint import guard, identity, remove
 from longpo.toy.world import ASK_TEMPLATE
 from longpo.train import trainer
 
@@ -88,6 +89,8 @@ class Config:
     train: dict = help_field({}, "`longpo train` keys of every run (LongPO and the baselines), over TRAIN_KEYS")
     eval: dict = help_field({}, "`longpo eval` keys over EVAL_KEYS (e.g. eval.toy.num_samples=100)")
     baselines: list = help_field(list(BASELINES), f"baselines trained on the first iteration's pairs: {BASELINES}")
+    overwrite: bool = help_field(False, "start over in output_dir: remove the demo's outputs there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.iterations:
@@ -103,6 +106,20 @@ class Config:
         # A key given (train.lam=1.0) changes that key only; the rest of the recipe stays.
         self.train = merge_dicts(TRAIN_KEYS, self.train)
         self.eval = merge_dicts(EVAL_KEYS, self.eval)
+
+
+# Keys that do not change the demo's results (torch CPU threads: the same maths on more cores).
+FINGERPRINT_EXEMPT = ("output_dir", "threads")
+
+
+def check_rerun(cfg: Config) -> None:
+    """A rerun into output_dir resumes only with the same settings and base model (longpo.fingerprint)."""
+    out = Path(cfg.output_dir)
+    names = ["corpus", "baselines", "report", "base_model", "pretrain.done", "demo_config.yaml", "base",
+             "evolve.json", "evolve.md", "resolved_config.yaml", "evolve.fingerprint.json",
+             *[it["name"] for it in cfg.iterations]]
+    inputs = {} if cfg.pretrain else {"base_model": identity(cfg.base_model or SHIPPED)}
+    guard("demo", out, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(out, names))
 
 
 def evolve_config(cfg: Config, base: str) -> Any:
@@ -237,6 +254,7 @@ def demo(cfg: Config) -> dict:
     """Run (or resume) the whole demo; returns the report."""
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
+    check_rerun(cfg)
     write_resolved_config(cfg, out, name="demo_config.yaml")
     start = time.perf_counter()
     base = cfg.base_model or str(SHIPPED)

@@ -32,6 +32,7 @@ from longpo.eval.tasks.longbench_chat import LongBenchChatConfig
 from longpo.eval.tasks.mtbench import MTBenchConfig
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import check_local, max_positions
 from longpo.models import load_tokenizer as load_local_tokenizer
 
@@ -152,6 +153,8 @@ class Config:
     longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
                                                      help="LongBench-Chat (LLM judge) settings")
     judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat")
+    overwrite: bool = help_field(False, "start over in out_dir: remove this stage's outputs there first; "
+                                        "without it a rerun must use the same settings")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -160,6 +163,39 @@ class Config:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
+
+
+# Keys that do not change the predictions (a rerun with other values resumes).
+FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff")
+OUTPUTS = ("predictions", "short", "summary.json", "summary.csv", "summary.md", "niah_depth.png",
+           "resolved_config.yaml")
+
+
+def check_rerun(cfg: Config) -> None:
+    """A rerun into out_dir resumes only with the same settings and inputs (longpo.fingerprint)."""
+    r, ib, s = cfg.ruler, cfg.infinitebench, cfg.short
+    paths = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
+             "infinitebench.data_dir": ib.data_dir, "short.include_path": s.include_path,
+             **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
+             **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
+    if cfg.backend != "openai":
+        paths |= {"model": cfg.model}
+    inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
+    guard("eval", cfg.out_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, OUTPUTS))
+
+
+def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any, judged: dict) -> None:
+    """Exit non-zero (after the summary is written) when a task whose data was given could not read it
+    (an InfiniteBench file missing from data_dir), or when nothing at all ran. RULER tasks whose data is
+    neither configured nor installed are only listed as skipped (README, Offline data)."""
+    missing = [s["task"] for s in skipped if s.get("missing")]
+    if missing:
+        raise InputError(f"{cfg.out_dir}: requested task(s) {missing} could not run: their data files are "
+                         f"missing (see the Skipped section of summary.md); fix the paths and rerun")
+    if not results and short is None and not judged and cfg.num_shards == 1:  # a shard may hold no task
+        raise InputError(f"{cfg.out_dir}: no task ran ({len(skipped)} skipped: "
+                         f"{'; '.join(s['task'] + ': ' + s['reason'] for s in skipped)[:400]}); enable a task "
+                         f"or give its data")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +207,12 @@ def check_inputs(cfg: Config) -> None:
         check_local(cfg.model)
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
+    r, ib = cfg.ruler, cfg.infinitebench
+    given = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
+             "infinitebench.data_dir": ib.data_dir, **{f"infinitebench.files.{k}": v for k, v in ib.files.items()}}
+    absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
+    if absent:
+        raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
     limit = None if cfg.backend == "openai" else max_positions(cfg.model)
     if limit is None or cfg.allow_beyond_max_positions:
         return
@@ -245,7 +287,9 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 task.fitted_size()  # size the haystack now: a length too short for a task shows up here
             into.append(task)
         except (DataMissing, PromptTooLong) as e:
-            skipped.append({"task": name, "reason": str(e)})
+            # infinitebench data is always a configured path (unset: skipped below, not "missing")
+            skipped.append({"task": name, "reason": str(e),
+                            "missing": isinstance(e, DataMissing) and name.startswith("infinitebench/")})
 
     r = cfg.ruler
     data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
@@ -281,6 +325,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
 def main(cfg: Config) -> int:
     beyond = skip_beyond_max_positions(cfg) if cfg.skip_beyond_max_positions else []
     check_inputs(cfg)
+    check_rerun(cfg)
     out = Path(cfg.out_dir)
     write_resolved_config(cfg, out)
     results: list[dict] = []
@@ -321,4 +366,5 @@ def main(cfg: Config) -> int:
     if "niah_depth" in summary:
         plot_niah_heatmap(summary["niah_depth"], out / "niah_depth.png")
     print(paths["md"].read_text(encoding="utf-8"))
+    check_ran(cfg, results, skipped, short, judged)
     return 0

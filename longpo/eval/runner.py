@@ -25,6 +25,8 @@ from typing import Any
 from tqdm import tqdm
 
 from longpo.backends.base import Sampling
+from longpo.errors import InputError
+from longpo.eval.fitting import PromptTooLong
 from longpo.files import append_jsonl, read_jsonl
 
 
@@ -45,7 +47,7 @@ def _load_done(path: Path) -> dict[int, dict]:
     done = {}
     for row in read_jsonl(path, tolerate_torn_tail=True):
         if "index" not in row or "prediction" not in row:
-            raise ValueError(f"{path}: a row lacks 'index' or 'prediction'; it was not written by this runner")
+            raise InputError(f"{path}: a row lacks 'index' or 'prediction'; it was not written by this runner")
         done[int(row["index"])] = row
     return done
 
@@ -74,7 +76,7 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         # Resuming: make sure the saved rows were made from the same prompts (same tokenizer, seed, config).
         first = min(done)
         if done[first].get("prompt_sha1") != prompt_digest(task.get_example(first)["prompt"]):
-            raise ValueError(
+            raise InputError(
                 f"{path}: saved predictions were made from different prompts than this run builds "
                 f"(example {first}); use a new out_dir or delete the file"
             )
@@ -82,9 +84,19 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
     if progress and todo:
         bar = tqdm(total=n, initial=n - len(todo), desc=task.name, unit="ex", dynamic_ncols=True)
     started = time.perf_counter()
+    too_long: list[int] = []  # examples that do not fit the task's length: skipped and counted, not fatal
     for start in range(0, len(todo), batch_size):
-        indices = todo[start:start + batch_size]
-        examples = [task.get_example(i) for i in indices]
+        indices, examples = [], []
+        for i in todo[start:start + batch_size]:
+            try:
+                examples.append(task.get_example(i))
+                indices.append(i)
+            except PromptTooLong:
+                too_long.append(i)
+        if bar is not None:
+            bar.update(len(todo[start:start + batch_size]))
+        if not examples:
+            continue
         params = _sampling_for(sampling, task.max_new_tokens)
         predictions = backend.generate([ex["prompt"] for ex in examples], params)
         if len(predictions) != len(examples):
@@ -98,8 +110,6 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
             row.update({k: v for k, v in ex.items() if k not in ("prompt", "id") and k not in row})
             append_jsonl(path, row)
             done[i] = row
-        if bar is not None:
-            bar.update(len(indices))
     if bar is not None:
         bar.close()
     rows = [done[i] for i in range(n) if i in done]
@@ -110,6 +120,7 @@ def run_task(backend: Any, task: Any, out_dir: str | os.PathLike, sampling: Any,
         **dict(getattr(task, "metadata", {})),
         "score": aggregate(scores) if scores else float("nan"),
         "n": len(scores),
+        "skipped_too_long": len(too_long),
         "seconds": round(time.perf_counter() - started, 3),
         "predictions": str(path),
     }

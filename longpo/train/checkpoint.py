@@ -6,10 +6,16 @@ object registered for checkpointing such as the LR scheduler, the RNG states of 
 and renamed when complete, and `trainer_state.json` is the last file written inside it, so a
 directory named `checkpoint-<step>` that holds `trainer_state.json` is complete. A crash mid-save
 leaves only a `.tmp-checkpoint-*` folder, which resuming ignores and the next save removes.
+
+Before each save the free space of output_dir is checked against the size of the newest complete
+checkpoint (the first time: the bytes of the model and optimizer tensors), plus `SPACE_MARGIN`;
+a save that still runs out of space removes its temporary folder and raises `WriteError`, so the
+previous checkpoint stays the newest and the same command resumes from it once there is space.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,10 +23,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from longpo.files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from longpo.errors import InputError
+from longpo.files import (
+    WriteError,
+    atomic_write_json,
+    atomic_write_jsonl,
+    free_text,
+    read_jsonl,
+    require_free,
+)
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+SPACE_MARGIN = 1.05
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
@@ -41,7 +56,7 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"resume={resume!r}: no complete checkpoint there (missing {STATE_FILE}); "
+        raise InputError(f"resume={resume!r}: no complete checkpoint there (missing {STATE_FILE}); "
                                 f"complete ones in {output_dir}: {[p.name for p in checkpoint_dirs(output_dir)]}")
     return path
 
@@ -51,15 +66,33 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: dict
     out = Path(output_dir)
     final = out / f"checkpoint-{state['step']:07d}"
     tmp = out / f".tmp-checkpoint-{state['step']:07d}"
+    problem = ""
     if accelerator.is_main_process:
         for stale in out.glob(".tmp-checkpoint-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every rank: ZeRO-3 / FSDP shards, per-rank RNG states
+        try:
+            require_free(out, int(checkpoint_bytes(accelerator, out) * SPACE_MARGIN), f"checkpoint-{state['step']}")
+            tmp.mkdir(parents=True)
+        except (WriteError, OSError) as e:
+            problem = str(e)
+    _raise_together(accelerator, problem)
+    try:
+        accelerator.save_state(str(tmp))  # every rank: ZeRO-3 / FSDP shards, per-rank RNG states
+    except Exception as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not _out_of_space(e):
+            raise
+        raise WriteError(f"{tmp}: writing checkpoint-{state['step']} failed ({str(e).splitlines()[0][:120]}; "
+                         f"{free_text(out)}); the temporary folder was removed and the last complete "
+                         f"checkpoint is intact: free some space, then rerun the same command") from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, state)
+        try:
+            atomic_write_json(tmp / STATE_FILE, state)
+        except WriteError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():  # a checkpoint of the same step from a run that crashed before pruning
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -67,6 +100,51 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: dict
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """A full disk, however the writer reports it: OSError ENOSPC, torch's zip writer ("unexpected pos"),
+    safetensors ("os error 28")."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(s in text for s in ("No space left", "os error 28", "unexpected pos", "ENOSPC"))
+
+
+def _raise_together(accelerator: Any, problem: str) -> None:
+    """Raise `problem` (found by the main process) on every rank, so none waits at a barrier alone."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise WriteError(problem)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def checkpoint_bytes(accelerator: Any, output_dir: str | os.PathLike) -> int:
+    """Expected size of the next checkpoint: the newest complete one, else this process's model and
+    optimizer tensors (what `save_state` writes from them)."""
+    done = checkpoint_dirs(output_dir)
+    if done:
+        return _folder_bytes(done[-1])
+    import torch
+
+    def tensor_bytes(tree: Any) -> int:
+        if torch.is_tensor(tree):
+            return tree.numel() * tree.element_size()
+        if isinstance(tree, dict):
+            return sum(tensor_bytes(v) for v in tree.values())
+        if isinstance(tree, (list, tuple)):
+            return sum(tensor_bytes(v) for v in tree)
+        return 0
+
+    models = sum(tensor_bytes(m.state_dict()) for m in getattr(accelerator, "_models", []))
+    optimizers = sum(tensor_bytes(o.state_dict()) for o in getattr(accelerator, "_optimizers", []))
+    return models + optimizers
 
 
 def load_checkpoint(accelerator: Any, path: str | os.PathLike) -> dict:
@@ -100,8 +178,16 @@ def export_model(accelerator: Any, module: Any, tokenizer: Any, out_dir: str | o
         assert len(state_dict) == len(full), f"state dict keys outside {prefix!r}: {sorted(set(full))[:5]}"
         tmp = out.with_name(f".tmp-{out.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not _out_of_space(e):
+                raise
+            raise WriteError(f"{out}: exporting the model failed ({str(e).splitlines()[0][:120]}; "
+                             f"{free_text(out.parent)}); the checkpoints are intact: free some space, then rerun "
+                             f"the same command") from e
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     accelerator.wait_for_everyone()

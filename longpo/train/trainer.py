@@ -35,7 +35,12 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from longpo.config import config_to_dict, help_field, write_resolved_config
+from longpo.data.records import RECORD_SUFFIXES
+from longpo.data.released import is_released
 from longpo.data.sources import open_records
+from longpo.errors import InputError
+from longpo.files import check_writable
+from longpo.fingerprint import guard, identity, remove
 from longpo.models import DTYPES, check_local, load_model, load_tokenizer
 from longpo.toy.run import prepare_tiny_run, tiny_run_paths
 from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
@@ -130,6 +135,8 @@ class Config:
     resume: str = help_field("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint dir")
     report_to: list = help_field([], f"trackers besides metrics.jsonl: {list(TRACKERS)}")
     progress_bar: bool = help_field(True, "tqdm bar with tokens/s and ETA")
+    overwrite: bool = help_field(False, "start over in output_dir: remove this stage's outputs there (checkpoints, "
+                                        "metrics, export) first; without it a rerun must use the same settings")
 
     def __post_init__(self):
         choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
@@ -170,6 +177,34 @@ def step_shape(cfg: Config, world: int) -> dict:
         raise ValueError(f"sp_size={cfg.sp_size} must divide the {world} process(es)")
     pairs = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * (world // cfg.sp_size)
     return {"pairs_per_step": pairs, "tokens_per_step": cfg.max_length * pairs, "data_parallel": world // cfg.sp_size}
+
+
+# Keys that do not change what is trained (the folder itself, memory / speed knobs computing the same maths, logging, where
+# and how often to save): a rerun with other values resumes. Every other key is in the run's fingerprint.
+FINGERPRINT_EXEMPT = ("output_dir", "progress_bar", "save_steps", "keep_checkpoints", "report_to", "resume", "export_dir",
+                      "gradient_checkpointing", "logp_chunk_size", "attention_backend", "activation_checkpointing",
+                      "checkpoint_every_k", "offload_activations", "compile_layers", "liger_kernels")
+OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_config.yaml", "logs", "final",
+           ".tmp-final", "original_model", "tiny_records.jsonl")
+
+
+def check_rerun(cfg: Config, main_process: bool) -> None:
+    """Before anything is loaded or written: the output and export folders are writable, and a rerun
+    into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
+    if cfg.model != TINY:
+        check_local(cfg.model)
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else None
+
+    def clear() -> None:
+        remove(cfg.output_dir, OUTPUTS)
+        if export_dir is not None:
+            remove(export_dir.parent, [export_dir.name, f".tmp-{export_dir.name}"])
+
+    inputs = {} if cfg.model == TINY else {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer),
+                                          "train_file": identity(cfg.train_file, None if is_released(cfg.train_file) else RECORD_SUFFIXES)}
+    guard("train", cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, clear, write=main_process)
+    if main_process and export_dir is not None:  # found now, not after all the training
+        check_writable(export_dir.parent, "export_dir's parent folder")
 
 
 class TrainingError(RuntimeError):
@@ -240,6 +275,8 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(cfg)
         self.mesh = init_mesh(cfg.sp_size)  # data parallel x sequence parallel; 1 x 1 in one process
         self.world = accelerator.num_processes
+        check_rerun(cfg, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
         if cfg.model == TINY:
             cfg = prepare_tiny(cfg, accelerator)
         self.cfg = cfg
@@ -296,7 +333,7 @@ class Trainer:
         if resume_from is not None:
             state = load_checkpoint(self.accelerator, resume_from)
             if state["pairs_per_step"] != self.pairs_per_step:
-                raise ValueError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
+                raise InputError(f"{resume_from} was written with {state['pairs_per_step']} pairs per step, this run "
                                  f"has {self.pairs_per_step}: the data position would not match; resume with the "
                                  f"same pairs_per_micro_batch x gradient_accumulation_steps x ranks, or resume=none")
             self.step, self.skipped_total = state["step"], state["skipped_overlong"]
@@ -329,6 +366,9 @@ class Trainer:
         nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
         lam = 0.0 if cfg.loss == "sft" else cfg.lam
         sums = StepSums(skipped=skipped)
+        if num_pairs == 0:  # every pair of the step was over max_length on every rank: no forward, no update
+            logger.warning(f"step {self.step + 1}: every pair was over max_length={cfg.max_length}; step skipped")
+            return sums.reduce(self.mesh, accelerator.device)
         for mb in micro:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):

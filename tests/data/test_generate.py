@@ -171,7 +171,7 @@ def test_shards_partition_the_corpus_and_merge_dedups(tmp_path, tokenizer_dir):
         stats = merge([str(tmp_path / "s0"), str(tmp_path / "s1"), str(tmp_path / "s1")], str(tmp_path / "merged"))
         assert by_id(tmp_path / "merged") == by_id(tmp_path / "all")
         assert stats["records"] == 8
-        with pytest.raises(ValueError, match="belongs to shard 0 of 2"):
+        with pytest.raises(ValueError, match="shard_index: 0 -> 1"):  # the fingerprint refuses first
             run("s0", num_shards=2, shard_index=1)
     finally:
         server.close()

@@ -49,7 +49,7 @@ def test_bad_and_repeated_records_stop_at_open(tmp_path):
     with pytest.raises(RecordError, match=r"x.jsonl:2 \(id='r1'\): field 'turns\[0\].chosen' is empty"):
         RecordTable(tmp_path / "x.jsonl")
     (tmp_path / "y.jsonl").write_text(json.dumps(make_record("r0")) + "\n" + json.dumps(make_record("r0")) + "\n")
-    with pytest.raises(RecordError, match="record 1: id 'r0' repeats record 0"):
+    with pytest.raises(RecordError, match=r"y.jsonl:2: id 'r0' repeats the record at .*y.jsonl:1; give every"):
         RecordTable(tmp_path / "y.jsonl")
 
 

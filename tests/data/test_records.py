@@ -64,7 +64,7 @@ def test_bad_records_name_file_line_and_field(tmp_path, mutate, message):
 def test_invalid_json_line_and_duplicate_ids(tmp_path):
     with pytest.raises(ValueError, match=r"pairs.jsonl:2: invalid JSON"):
         read_records(_write(tmp_path, [make_record("r0"), "{not json"]))
-    with pytest.raises(RecordError, match="id 'r0' repeats record 0"):
+    with pytest.raises(RecordError, match=r"pairs.jsonl:2: id 'r0' repeats the record at .*pairs.jsonl:1"):
         read_records(_write(tmp_path, [make_record("r0"), make_record("r0")]))
 
 

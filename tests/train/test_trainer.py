@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,14 +218,18 @@ def records(base):
     (lambda r: r["turns"][0].pop("ref_chosen_logp"), r"id='tiny-0003'.*ref_chosen_logp' is missing.*longpo reference"),
 ])
 def test_bad_record_names_the_record_and_leaves_checkpoints_alone(base, records, tmp_path, damage, message):
+    """The base run's own command, resumed after its records file was damaged (the run's fingerprint
+    refuses any other settings in that folder: tests/test_fingerprint.py)."""
     src, _ = base
-    before = snapshot(src)
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    before = snapshot(copy)
     damage(records[3])
-    bad = write_jsonl(tmp_path / "bad.jsonl", records)
+    write_jsonl(copy / "tiny_records.jsonl", records)
     with pytest.raises(RecordError, match=message):
-        run(output_dir=str(src), model=str(src / "original_model"), train_file=str(bad), rope_theta=1e5,
-            pairs_per_micro_batch=2, gradient_accumulation_steps=2, save_steps=1)
-    assert snapshot(src) == before
+        run(output_dir=str(copy), tiny_records=8, pairs_per_micro_batch=2, gradient_accumulation_steps=2,
+            rope_theta=1e5, save_steps=1, keep_checkpoints=2)
+    assert snapshot(copy) == before
 
 
 def test_overlong_pairs_are_skipped_and_counted_or_refused(base, records, tmp_path, caplog):

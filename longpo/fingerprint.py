@@ -1,0 +1,173 @@
+"""Run fingerprints: a rerun into an output folder resumes only with the settings that made it.
+
+Every stage calls `guard(...)` before it reads or writes anything. The fingerprint is the
+stage's resolved config flattened to dotted keys, without the keys that do not change its
+results (each stage lists them beside its Config as `FINGERPRINT_EXEMPT`), plus the identity of
+its input files (`identity`). It is stored as `<stage>.fingerprint.json` in the output folder:
+
+- no fingerprint there: the folder is new (or holds no outputs of this stage): it is written;
+- the same fingerprint: the run resumes (generate from its manifest, train from its newest
+  checkpoint, eval from its prediction files, ...);
+- a different one: `FingerprintMismatch` (an InputError, one line) lists every key that differs,
+  old -> new, and says how to proceed: `overwrite=true` (the stage removes its own outputs, and
+  only those, and starts over) or a new output folder.
+
+Identity of an input file: its size and a SHA-256 of its content (files over `FULL_HASH_BYTES`:
+of `SAMPLES` evenly spaced 1 MiB blocks, so a 15 GB checkpoint costs 16 MiB of reading); of a
+folder: the same for every file in it, by relative path (hidden files skipped). Content, not
+mtime, so a copied or re-exported but identical model still matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from longpo.config import config_to_dict
+from longpo.errors import InputError
+from longpo.files import atomic_write_json, check_writable
+
+FULL_HASH_BYTES = 32 << 20
+SAMPLES = 16
+BLOCK = 1 << 20
+VERSION = 1
+
+
+class FingerprintMismatch(InputError):
+    """The output folder holds a run made with other settings or inputs."""
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(BLOCK), b""):
+                h.update(block)
+        else:
+            for i in range(SAMPLES):
+                f.seek((size - BLOCK) * i // (SAMPLES - 1))
+                h.update(f.read(BLOCK))
+    return h.hexdigest()
+
+
+def identity(path: str | os.PathLike | None, suffixes: tuple[str, ...] | None = None) -> str | None:
+    """A digest of a file's or folder's content (None for None; "missing" when it does not exist).
+
+    `suffixes` restricts a folder to the files the stage reads (e.g. records: .jsonl, .parquet).
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return _file_digest(p)
+    if not p.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        rel = f.relative_to(p)
+        if not f.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if suffixes is not None and (f.suffix not in suffixes or len(rel.parts) > 1):
+            continue
+        h.update(f"{rel.as_posix()}\0{_file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (lists kept whole: a changed list is one changed key)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def settings(cfg: Any, exempt: Iterable[str] = ()) -> dict[str, Any]:
+    """The config's dotted keys that determine results: everything but `exempt` (and "overwrite")."""
+    tree = cfg if isinstance(cfg, dict) else config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    drop = set(exempt) | {"overwrite"}
+    return {k: v for k, v in flatten(json.loads(json.dumps(tree, default=str))).items()
+            if k not in drop and not any(k.startswith(d + ".") for d in drop)}
+
+
+def path_of(folder: str | os.PathLike, stage: str) -> Path:
+    return Path(folder) / f"{stage}.fingerprint.json"
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for every key whose value differs (inputs as `inputs.<name> (content)`)."""
+    out = []
+    for section in ("settings", "inputs"):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                if section == "inputs":
+                    out.append(f"inputs.{key} (its files changed)")
+                else:
+                    out.append(f"{key}: {_show(a.get(key, '<absent>'))} -> {_show(b.get(key, '<absent>'))}")
+    return out
+
+
+def guard(stage: str, folder: str | os.PathLike, cfg: Any, exempt: Iterable[str] = (),
+          inputs: dict[str, str | None] | None = None, overwrite: bool = False,
+          clear: Any = None, write: bool = True, target: Path | None = None) -> dict:
+    """Refuse a rerun whose fingerprint differs from the one in `folder`; record it otherwise.
+
+    `clear()` removes the stage's outputs in `folder` (called with overwrite=true before the new
+    fingerprint is written). With `write=False` (non-main ranks) it only compares. `target`: the
+    fingerprint file, when not `<folder>/<stage>.fingerprint.json`.
+    """
+    folder = Path(folder)
+    new = {"version": VERSION, "stage": stage, "settings": settings(cfg, exempt),
+           "inputs": {k: v for k, v in (inputs or {}).items() if v is not None}}
+    target = target or path_of(folder, stage)
+    if overwrite:
+        if write and clear is not None:
+            clear()
+        if write:
+            target.unlink(missing_ok=True)
+    elif target.is_file():
+        try:
+            old = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise FingerprintMismatch(f"{target}: cannot be read ({e}); rerun with overwrite=true to start over, "
+                                      f"or use a new folder") from e
+        diff = differences(old, new)
+        if diff:
+            raise FingerprintMismatch(
+                f"{folder} holds a {stage} run with other settings: {'; '.join(diff)}. Rerun with the same settings "
+                f"to resume it, with overwrite=true to start over (removes that run's outputs), or choose a new "
+                f"folder")
+        return new
+    if write:
+        check_writable(folder, f"{stage} output folder")
+        atomic_write_json(target, new)
+    return new
+
+
+def remove(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Delete the named files / folders (globs allowed) inside `folder`; used by the stages' `clear`."""
+    folder = Path(folder)
+    for pattern in names:
+        for p in folder.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
