@@ -15,7 +15,7 @@ def _args(checkpoint, data_dir, out_dir, *extra):
     return [
         f"model={checkpoint}", f"out_dir={out_dir}", "batch_size=2", "progress=false",
         "ruler.tasks=niah_single_1,niah_multikey_2,vt,cwe,qa_1,qa_2", "ruler.lengths=[1536]", "ruler.num_samples=2",
-        f"ruler.squad={data_dir / 'squad.json'}", f"ruler.hotpotqa={data_dir / 'missing_hotpotqa.json'}",
+        f"ruler.squad={data_dir / 'squad.json'}",  # hotpotqa unset: qa_2 is skipped (a missing configured file would stop the run)
         "ruler.depth_sweep=true", "ruler.depth_task=niah_single_1", "ruler.depths=[0,100]", "ruler.depth_samples=1",
         f"infinitebench.data_dir={data_dir / 'infinitebench'}", "infinitebench.tasks=en_qa,en_mc",
         "infinitebench.max_length=700", "infinitebench.num_samples=2", *extra,
@@ -61,7 +61,7 @@ def test_eval_end_to_end_resumes_after_a_kill(tmp_path, checkpoint, data_dir, mo
     assert all(r["n"] == 2 for r in ruler.values())
     assert 0.0 <= summary["ruler"]["groups"]["AVG"]["1536"] <= 100.0
     assert summary["ruler"]["coverage"]["AGG"] == "1/2" and summary["ruler"]["coverage"]["QA"] == "1/2"
-    assert any(s["task"] == "ruler/1536/qa_2" and "does not exist" in s["reason"] for s in summary["skipped"])
+    assert any(s["task"] == "ruler/1536/qa_2" and "no local file configured" in s["reason"] for s in summary["skipped"])
     assert "qa_2" in (out / "summary.md").read_text().split("## Skipped")[1]
     assert set(summary["infinitebench"]) == {"en_qa", "en_mc", "avg", "en_mc_lenient"}  # lenient beside official
     assert summary["niah_depth"]["depths"] == [0.0, 100.0]
