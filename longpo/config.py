@@ -201,7 +201,7 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
                               f"line") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config keys")
-        values = loaded
+        values = recipes.installed_paths(loaded) if path.is_relative_to(recipes.HERE) else loaded
     values = merge_dicts(values, parse_overrides(list(overrides or [])))
     return build_config(cls, values, where=str(path) if path else "config")
 

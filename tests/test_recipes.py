@@ -77,6 +77,23 @@ def test_a_copied_accelerate_config_points_at_the_installed_deepspeed_json(tmp_p
     assert target.read_text().splitlines()[:8] == packaged.splitlines()[:8], "header comments are kept as written"
 
 
+def test_a_packaged_recipe_finds_the_shipped_toy_model_from_any_folder(tmp_path, monkeypatch):
+    from longpo import evolve
+    from longpo.eval import run as eval_run
+
+    shipped = recipes.ROOT / "longpo" / "demo" / "base_model"
+    monkeypatch.chdir(tmp_path)  # no longpo/demo/base_model here, as after `pip install longpo`
+    assert load_config(eval_run.Config, "eval_tiny").model == str(shipped)
+    assert load_config(evolve.Config, "evolve_toy").base_model == str(shipped)
+    copied = yaml.safe_load(recipes.copy("eval_tiny", tmp_path).read_text())
+    assert copied["model"] == str(shipped)
+    monkeypatch.chdir(recipes.ROOT)  # in a checkout the recipe's relative path is used as written
+    assert load_config(eval_run.Config, "eval_tiny").model == "longpo/demo/base_model"
+    (tmp_path / "longpo" / "demo" / "base_model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # a folder of the user's own at that path wins
+    assert load_config(eval_run.Config, "eval_tiny").model == "longpo/demo/base_model"
+
+
 def test_generate_help_shows_the_fields_defaults_not_the_sampling_class_defaults(capsys):
     assert cli.main(["generate", "--help"]) == 0
     out = capsys.readouterr().out

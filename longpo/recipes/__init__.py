@@ -22,9 +22,11 @@ from longpo.errors import InputError
 
 HERE = Path(__file__).parent
 SUFFIXES = (".yaml", ".yml", ".json")
-# A packaged file named in a recipe's body (accelerate/zero3.yaml -> its DeepSpeed JSON), written
-# relative to a checkout's root so that the recipe also works in place from there.
-PACKAGED_PATH = re.compile(r"longpo/recipes/[\w./-]+")
+# A packaged file or folder named in a recipe's body (accelerate/zero3.yaml -> its DeepSpeed JSON,
+# eval_tiny.yaml -> the shipped toy model), written relative to a checkout's root so that the recipe
+# also works in place from there.
+PACKAGED_PATH = re.compile(r"longpo/(?:recipes|demo)/[\w./-]+")
+ROOT = HERE.parent.parent  # the checkout's root, or site-packages for an installed wheel
 
 
 class RecipeError(InputError):
@@ -100,12 +102,25 @@ def copy(name: str, dest: str | os.PathLike | None = None) -> Path:
         raise RecipeError(f"{target} exists; give another DEST or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)
     text = source.read_text(encoding="utf-8")
-    root = HERE.parent.parent
     lines = [line if line.lstrip().startswith("#") else
-             PACKAGED_PATH.sub(lambda m: str(root / m.group(0)) if (root / m.group(0)).is_file() else m.group(0), line)
+             PACKAGED_PATH.sub(lambda m: str(ROOT / m.group(0)) if (ROOT / m.group(0)).exists() else m.group(0), line)
              for line in text.splitlines(keepends=True)]
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text("".join(lines), encoding="utf-8")
     shutil.copymode(source, tmp)
     os.replace(tmp, target)
     return target
+
+
+def installed_paths(values: object) -> object:
+    """A packaged recipe's values with every `longpo/...` path the working folder lacks pointed at the
+    installed package's copy (so `--config eval_tiny` finds the shipped toy model from any folder, and
+    from a wheel as from a checkout)."""
+    if isinstance(values, dict):
+        return {k: installed_paths(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [installed_paths(v) for v in values]
+    if (isinstance(values, str) and PACKAGED_PATH.fullmatch(values) and not Path(values).exists()
+            and (ROOT / values).exists()):
+        return str(ROOT / values)
+    return values
