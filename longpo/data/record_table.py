@@ -8,7 +8,9 @@ set is about 20 GB of text per rank as Python strings). Positions are those of `
 the same records whichever reader built them.
 
 Every record is validated once when the table opens (a bad record stops the run before
-training, naming its file and line) and again, cheaply, when it is read.
+training, naming its file and line) and again, cheaply, when it is read. Whole passes (the check,
+`iter(table)`) read the Arrow files with plain reads instead of through the map: the kernel's page
+cache holds what they read, not this process, so they leave no mapped page of the corpus resident.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import datasets
+import pyarrow as pa
 
 from longpo.data.records import (
     RecordError,
@@ -60,7 +65,7 @@ class RecordTable(Sequence):
 
     def _rows(self) -> Iterator[dict]:
         for table in self.tables:
-            yield from table
+            yield from streamed_rows(table)
 
     def __len__(self) -> int:
         return self.total
@@ -75,3 +80,21 @@ class RecordTable(Sequence):
     def __iter__(self) -> Iterator[dict]:
         for index, row in enumerate(self._rows()):
             yield validate_record(_strip_nulls(row), self.where(index), self.require_reference)
+
+
+def streamed_rows(table: datasets.Dataset) -> Iterator[dict]:
+    """The rows of a `datasets` table, in order, read batch by batch from its Arrow cache files with
+    plain reads (decoded as `table[i]` would be); a table without cache files is iterated as it is."""
+    files = [c["filename"] for c in table.cache_files]
+    if not files:
+        yield from table
+        return
+    count = 0
+    for name in files:
+        with pa.OSFile(name) as f:
+            for batch in pa.ipc.open_stream(f):
+                for row in batch.to_pylist():
+                    count += 1
+                    yield table.features.decode_example(row)
+    if count != len(table):  # a view (select / shuffle) of its files: not what load_record_file returns
+        raise RuntimeError(f"{files}: read {count} rows, the table has {len(table)}")

@@ -11,7 +11,7 @@ import torch
 from longpo.config import build_config
 from longpo.data import corpus
 from longpo.data.generate import Config, generate
-from longpo.data.record_table import RecordTable
+from longpo.data.record_table import RecordTable, streamed_rows
 from longpo.data.records import RecordError, read_records
 from longpo.files import read_jsonl, truncate_torn_tail
 from longpo.toy.tiny import build_tiny_model
@@ -40,6 +40,23 @@ def test_same_records_at_the_same_positions(tmp_path):
     assert table.where(1) == f"{folder / 'a.jsonl'}:2" and table.where(4) == f"{folder / 'b.parquet'} row 1"
     with pytest.raises(IndexError):
         table[5]
+
+
+def test_whole_passes_read_the_files_not_the_memory_map(tmp_path, monkeypatch):
+    import datasets
+
+    folder = _folder(tmp_path)
+    rows = [make_record("r5", n_turns=2, seed=5), make_record("r6", n_turns=1, seed=6)]
+    rows[0]["turns"][1]["chosen_cut"] = True  # an optional key in one turn only (a Json feature)
+    (folder / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = [[dict(r) for r in t] for t in RecordTable(folder).tables]  # datasets' own decoding
+    listed = read_records(folder)
+    mapped = []
+    monkeypatch.setattr(datasets.Dataset, "__iter__", lambda self: mapped.append("iter") or iter(()))
+    table = RecordTable(folder)
+    assert list(table) == listed and len(listed) == 7 and mapped == []
+    assert [list(streamed_rows(t)) for t in table.tables] == expected
+    assert table[5]["turns"][1]["chosen_cut"] is True  # one row, read through the map
 
 
 def test_bad_and_repeated_records_stop_at_open(tmp_path):
