@@ -1,9 +1,10 @@
 """Token-aware chunking: blocks (paragraphs / LaTeX sections / code blocks) packed into chunks.
 
 A document is split into blocks at its natural boundaries, blocks are packed greedily into chunks
-of at most `max_tokens` tokens, and the long context is the chunks joined by `separator`, so
-every chunk is an exact substring of the long context. Only chunks of at least `min_tokens`
-tokens are eligible for questions (the last chunk of a document is often shorter).
+of at most `max_tokens` tokens (blocks joined by `block_separator`, by default `separator`), and the
+long context is the chunks joined by `separator`, so every chunk is an exact substring of the long
+context. Only chunks of at least `min_tokens` tokens are eligible for questions (the last chunk of a
+document is often shorter).
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def _split_long(tokenizer: Any, block: str, max_tokens: int) -> list[str]:
 
 
 def chunk_document(tokenizer: Any, text: str, min_tokens: int, max_tokens: int, separator: str = "\n\n",
-                   fmt: str = "auto") -> Chunked:
+                   fmt: str = "auto", block_separator: str | None = None) -> Chunked:
     """Pack a document's blocks into chunks of <= max_tokens tokens (exact counts, checked)."""
     assert 0 < min_tokens <= max_tokens, f"need 0 < min_tokens ({min_tokens}) <= max_tokens ({max_tokens})"
+    inner = separator if block_separator is None else block_separator
     blocks = []
     for block in split_blocks(text, fmt):
         blocks += _split_long(tokenizer, block, max_tokens) if _count(tokenizer, block) > max_tokens else [block]
-    sep_tokens = _count(tokenizer, separator) if separator else 0
+    sep_tokens = _count(tokenizer, inner) if inner else 0
     sizes = [_count(tokenizer, b) for b in blocks]
     groups: list[list[int]] = []
     current: list[int] = []
@@ -91,7 +93,7 @@ def chunk_document(tokenizer: Any, text: str, min_tokens: int, max_tokens: int, 
     chunks, counts = [], []
     while groups:
         group = groups.pop(0)
-        chunk = separator.join(blocks[i] for i in group)
+        chunk = inner.join(blocks[i] for i in group)
         n = _count(tokenizer, chunk)
         if n > max_tokens and len(group) > 1:  # merges across a boundary made it longer: move a block on
             if groups:
@@ -104,7 +106,7 @@ def chunk_document(tokenizer: Any, text: str, min_tokens: int, max_tokens: int, 
         counts.append(n)
     # A short last chunk joins the one before when both fit together.
     if len(chunks) > 1 and counts[-1] < min_tokens:
-        merged = chunks[-2] + separator + chunks[-1]
+        merged = chunks[-2] + inner + chunks[-1]  # one chunk: its blocks joined as inside any chunk
         n = _count(tokenizer, merged)
         if n <= max_tokens:
             chunks[-2:], counts[-2:] = [merged], [n]

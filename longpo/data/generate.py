@@ -8,11 +8,13 @@
 Per document (the method: docs/method.md, "The data pipeline"): chunk it; for up to `num_turns` chunks ask the model
 for `num_questions` questions about the chunk and keep one (prefixed to point back at the text);
 chosen = the model's answer given the chunk only; rejected = its answer given the whole document
-(turn i after the earlier turns of its own branch); filter; add the original model's reference
-log-probs on the short prompts. Documents are processed in fixed groups; a group's records are
-written to their own shard file atomically and only then marked done in `manifest.json`, so
-after a crash (even `kill -9`) the same command redoes at most the unfinished group and never
-duplicates a pair. Outputs: `records-*.jsonl`, `manifest.json`, `stats.json`, `resolved_config.yaml`.
+(turn i after the earlier turns of its own branch; with `prompts=released` on its own); filter; add
+the original model's reference log-probs on the short prompts. `prompts` picks the question prompt,
+parser, prefix, separators, filters and turns as one preset: `project` (ours) or `released` (the
+released LongPO scripts, longpo/data/released_preset.py). Documents are processed in fixed groups;
+a group's records are written to their own shard file atomically and only then marked done in
+`manifest.json`, so after a crash (even `kill -9`) the same command redoes at most the unfinished
+group and never duplicates a pair. Outputs: `records-*.jsonl`, `manifest.json`, `stats.json`, `resolved_config.yaml`.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from longpo.backends.base import Sampling, generate_with_reasons
 from longpo.config import help_field
-from longpo.data import phases
+from longpo.data import phases, released_preset
+from longpo.data.filters import DROP_REASONS as FILTER_DROP_REASONS
 from longpo.data.filters import FilterConfig, drop_reason, is_copy, is_specific_question, trim_to_sentence
 from longpo.data.presets import question_template
-from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE
+from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE, question_prompt
 from longpo.data.stats import (
     add_reference_stats,
     merge_stats,
@@ -48,6 +51,15 @@ from longpo.models import check_local
 
 log = logging.getLogger("longpo.generate")
 PHASES = ("all", "short", "long")
+PROMPTS = ("project", "released")
+# Keys of the project preset's questions and filters: prompts=released has its own rule for each.
+PROJECT_KEYS = ("num_questions", "min_questions", "question_parser", "question_template", "question_prefix")
+PROJECT_FILTER_KEYS = ("refusal_phrases", "max_repeat_ratio", "min_words", "ngram", "max_repeated_ngram_ratio",
+                       "drop_copied_answers", "require_specific_question")
+# Drop reasons counted (from 0) in a run's stats: the preset's answer filters, then the checks both share.
+DROP_REASONS = {"project": FILTER_DROP_REASONS,
+                "released": released_preset.DROP_REASONS + ("chosen_equals_rejected", "truncated",
+                                                            "short_prompt_too_long")}
 
 
 @dataclass(kw_only=True)
@@ -78,7 +90,12 @@ class Config:
     max_doc_tokens: int = help_field(131072, "skip (and count) longer documents")
     min_chunk_tokens: int = help_field(16384, "shortest chunk a question is asked about")
     max_chunk_tokens: int = help_field(30000, "longest chunk")
-    separator: str = help_field("\n\n", "joins chunks into the long context")
+    prompts: str = help_field("project", "question prompt, parser, prefix, separators, filters and turns as one "
+                                         "preset: project (ours) or released (the released LongPO data scripts; "
+                                         "README, 'Presets')")
+    separator: str | None = help_field(None, "joins chunks into the long context; default: the preset's (project "
+                                             "'\\n\\n', also between paragraphs; released '\\n\\n\\n', paragraphs "
+                                             "joined by a space)")
     num_questions: int = help_field(4, "questions asked per chunk; the first this many questions of a reply are used")
     min_questions: int = help_field(1, "a reply with fewer questions is skipped and counted (num_questions: only "
                                        "replies with every question asked, the released rule)")
@@ -88,7 +105,8 @@ class Config:
                                                    "before issue 18) or lenient (items up to their '?', the "
                                                    "example's questions dropped: small models, with "
                                                    "question_template=small)")
-    num_turns: int = help_field(2, "turns per document, each about a different chunk")
+    num_turns: int | None = help_field(None, "turns per document, each about a different chunk; default: the "
+                                             "preset's (project 2, released 4)")
     question_template: str = help_field(QUESTION_TEMPLATE, "user message asking for questions; placeholders "
                                                            "{chunk} and {k}; or a preset name: paper, small "
                                                            "(longpo/data/presets.py)")
@@ -121,6 +139,13 @@ class Config:
                              f"({self.max_chunk_tokens})")
         if self.min_doc_tokens > self.max_doc_tokens:
             raise ValueError(f"min_doc_tokens ({self.min_doc_tokens}) > max_doc_tokens ({self.max_doc_tokens})")
+        if self.prompts not in PROMPTS:
+            raise ValueError(f"prompts={self.prompts!r}: choose one of {list(PROMPTS)}")
+        released = self.prompts == "released"
+        if self.separator is None:
+            self.separator = released_preset.CHUNK_SEPARATOR if released else "\n\n"
+        if self.num_turns is None:
+            self.num_turns = released_preset.MAX_TURNS if released else 2
         for name in ("num_questions", "num_turns", "documents_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
@@ -131,6 +156,10 @@ class Config:
             raise ValueError(f"question_parser={self.question_parser!r}: choose one of {sorted(QUESTION_PARSERS)}")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
+        if released and (keys := _project_keys_set(self)):
+            raise ValueError(f"prompts=released asks for the released scripts' 4 questions with their parser, prefix "
+                             f"phrases and filters; {', '.join(keys)} apply to prompts=project: drop them, or set "
+                             "prompts=project")
         if self.phase not in PHASES:
             raise ValueError(f"phase={self.phase!r}: choose one of {list(PHASES)}")
         if self.phase != "all" and self.reference:
@@ -147,6 +176,13 @@ class Config:
         if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
             raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
                              "compatible server's RoPE is set where the model is served")
+
+
+def _project_keys_set(cfg: Config) -> list[str]:
+    """The project preset's question and filter keys that `cfg` sets to other than their defaults."""
+    defaults, filters = {f.name: f.default for f in fields(Config)}, FilterConfig()
+    return ([k for k in PROJECT_KEYS if getattr(cfg, k) != defaults[k]]
+            + [f"filters.{k}" for k in PROJECT_FILTER_KEYS if getattr(cfg.filters, k) != getattr(filters, k)])
 
 
 # Keys that do not change the records (a rerun with other values resumes); every other key, the
@@ -180,6 +216,7 @@ class _Turn:
     chosen_cut: bool = False  # trimmed after hitting max_new_tokens: its end-of-turn token was not generated
     rejected_cut: bool = False
     chosen_truncated: bool = False  # hit max_new_tokens and could not be used (truncated=drop, or no sentence)
+    kept: bool = False  # passed every filter: a turn of the record
 
 
 def _chat(tokenizer: Any, messages: list[dict]) -> str:
@@ -227,15 +264,29 @@ def _complete_answer(text: str, cut_off: bool, cfg: FilterConfig, stage: str, st
     return text, False, True
 
 
+def _question_request(cfg: Config, chunk: str) -> str:
+    if cfg.prompts == "released":
+        return released_preset.question_request(chunk)
+    return question_prompt(cfg.question_template, chunk, cfg.num_questions)
+
+
 def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict) -> list[str]:
     """The usable questions of one reply (empty: the turn is skipped, counted by reason)."""
     if cut_off:  # the last line may be a question cut in the middle: keep it only if it got its "?"
         lines = reply.rstrip().splitlines()
         if lines and not lines[-1].rstrip().endswith("?"):
             reply = "\n".join(lines[:-1])
-    found = QUESTION_PARSERS[cfg.question_parser](reply)
+    released = cfg.prompts == "released"
+    found = released_preset.parse_questions(reply) if released else QUESTION_PARSERS[cfg.question_parser](reply)
     stats["questions_found"] += len(found)
     stats["hist"]["questions_per_reply"][str(len(found))] += 1
+    if released and len(found) != released_preset.NUM_QUESTIONS:  # the released rule: exactly the 4 asked
+        stats["questions_unparsable"] += 1
+        stats["turns_without_question"][f"questions_not_{released_preset.NUM_QUESTIONS}"] += 1
+        return []
+    if released:
+        stats["questions_parsed"] += 1
+        return found
     if len(found) < cfg.min_questions:
         stats["questions_unparsable"] += 1
         return []
@@ -256,12 +307,13 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
     `backend` is the generator (RoPE override applied); `ref_backend` the original model, or None.
     """
     from longpo.data.chunking import chunk_document
-    from longpo.data.prompts import pick_question, question_prompt
+    from longpo.data.prompts import pick_question
     from longpo.data.records import tokenize_short, user_content
     from longpo.data.reference import add_reference_logps
 
+    released = cfg.prompts == "released"
     short = ref_backend if cfg.original_for_short_steps and ref_backend is not None else backend
-    tok, stats = backend.tokenizer, new_stats()
+    tok, stats = backend.tokenizer, new_stats(DROP_REASONS[cfg.prompts])
     work: list[tuple[Any, Any, list[_Turn], random.Random]] = []
     for doc in docs:
         stats["documents"] += 1
@@ -275,7 +327,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
             stats["skipped"]["too_short" if n < cfg.min_doc_tokens else "too_long"] += 1
             continue
         chunked = chunk_document(tok, doc.text, cfg.min_chunk_tokens, cfg.max_chunk_tokens, cfg.separator,
-                                 cfg.doc_format)
+                                 cfg.doc_format, released_preset.PARAGRAPH_SEPARATOR if released else None)
         stats["chunks"] += len(chunked.chunks)
         stats["eligible_chunks"] += len(chunked.eligible)
         for c in chunked.chunk_tokens:
@@ -289,14 +341,14 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
     # Questions about each chosen chunk; a turn left without a usable question is skipped.
     asks = [(w, t) for w in work for t in w[2]]
-    replies = _generate(short, [_chat(tok, [{"role": "user", "content": question_prompt(
-        cfg.question_template, t.chunk, cfg.num_questions)}]) for _, t in asks], cfg.question_sampling, "question",
-        stats)
+    replies = _generate(short, [_chat(tok, [{"role": "user", "content": _question_request(cfg, t.chunk)}])
+                                for _, t in asks], cfg.question_sampling, "question", stats)
     for (w, turn), (reply, cut_off) in zip(asks, replies):
         stats["question_replies"] += 1
         questions = _questions(cfg, reply, cut_off, turn.chunk, stats)
-        if questions:
-            turn.question = pick_question(questions, w[3], cfg.question_prefix)
+        if questions:  # w[3]: the document's own rng (seed and id), so a rerun or resume picks the same
+            turn.question = (released_preset.choose_question(questions, w[3]) if released
+                             else pick_question(questions, w[3], cfg.question_prefix))
     work = [(d, c, [t for t in turns if t.question], r) for d, c, turns, r in work]
 
     # Chosen answers on the chunk alone; short-prompt length and chosen filters before the long step.
@@ -307,18 +359,18 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         turn.chosen, turn.chosen_cut, turn.chosen_truncated = _complete_answer(answer, cut_off, cfg.filters,
                                                                                 "chosen", stats)
 
-    # Rejected answers on the whole document, turn by turn (turn i follows turns < i of its branch). A
-    # backend that keeps a document's KV cache between calls (hf) gets one document at a time, so turn
-    # i + 1 continues from turn i's cache; batching backends (vllm, openai) get each turn of every
-    # document at once and find the shared documents in their own prefix caches.
-    kept: dict[int, int] = {id(w): 0 for w in work}
+    # Rejected answers on the whole document, turn by turn (turn i follows turns < i of its branch; with
+    # released, each turn on its own). A backend that keeps a document's KV cache between calls (hf) gets
+    # one document at a time, so turn i + 1 continues from turn i's cache; batching backends (vllm,
+    # openai) get each turn of every document at once and find the shared documents in their own prefix
+    # caches.
     batches = [[w] for w in work] if getattr(backend, "reuse_across_calls", False) else [work]
     for batch in batches:
-        _rejected_turns(cfg, backend, batch, kept, stats)
+        _rejected_turns(cfg, backend, batch, stats)
 
     records = []
     for w in work:
-        turns = w[2][: kept[id(w)]]
+        turns = [x for x in w[2] if x.kept]
         if not turns:
             continue
         out_turns, counts = [], []
@@ -344,21 +396,29 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
     return records, stats
 
 
-def _turn_drop_reason(cfg: FilterConfig, answer: str, truncated: bool, earlier: list[str]) -> str | None:
-    """Why an answer (already trimmed where allowed) cannot be trained on, or None."""
+def _turn_drop_reason(cfg: Config, turn: _Turn, branch: str, truncated: bool, earlier: list[str]) -> str | None:
+    """Why the turn's `branch` answer (already trimmed where allowed) cannot be trained on, or None. With
+    released, the chosen answer gets the checks that need no rejected answer, the rejected one the pair's."""
     if truncated:
         return "truncated"
-    reason = drop_reason(answer, cfg)
-    if reason is None and cfg.drop_copied_answers and is_copy(answer, earlier):
+    if cfg.prompts == "released":
+        if branch == "chosen":
+            return released_preset.chosen_drop_reason(turn.chosen)
+        return released_preset.drop_reason(turn.chosen, turn.rejected)
+    answer = getattr(turn, branch)
+    reason = drop_reason(answer, cfg.filters)
+    if reason is None and cfg.filters.drop_copied_answers and is_copy(answer, earlier):
         return "copied_answer"
     return reason
 
 
-def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int], stats: dict) -> None:
-    """Rejected answers of `work`'s documents, turn by turn; `kept[doc]` counts its turns that pass
-    every filter (a document stops at its first dropped turn: later turns would follow a bad one)."""
+def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
+    """Rejected answers of `work`'s documents, turn by turn; a turn that passes every filter is marked kept.
+    project: a document stops at its first dropped turn (later turns would follow a bad one); released:
+    each rejected answer is asked on its own, so a dropped turn leaves the others."""
     from longpo.data.records import conversation, user_content
 
+    released = cfg.prompts == "released"
     tok = backend.tokenizer
     alive = list(work)
     for t in range(cfg.num_turns):
@@ -369,7 +429,7 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int],
             turn = w[2][t]
             earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
             too_long = _n_tokens(tok, user_content(turn.chunk, turn.question)) > cfg.filters.max_short_prompt_tokens
-            reason = "short_prompt_too_long" if too_long else _turn_drop_reason(cfg.filters, turn.chosen,
+            reason = "short_prompt_too_long" if too_long else _turn_drop_reason(cfg, turn, "chosen",
                                                                                 turn.chosen_truncated, earlier)
             if reason:
                 stats["dropped"][reason] += 1
@@ -377,26 +437,30 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int],
                 round_.append(w)
         prompts = []
         for w in round_:
-            done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
-            messages = conversation(w[1].context, done, "rejected") if done else []
             question = w[2][t].question
-            messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0 else question})
+            if released:  # one user message: the whole document and this question
+                messages = [{"role": "user", "content": user_content(w[1].context, question)}]
+            else:
+                done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
+                messages = conversation(w[1].context, done, "rejected") if done else []
+                messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0
+                                 else question})
             prompts.append(_chat(tok, messages))
-        alive = []
+        passed = []
         for w, (answer, cut_off) in zip(round_, _generate(backend, prompts, cfg.answer_sampling, "rejected", stats)):
             turn = w[2][t]
             turn.rejected, turn.rejected_cut, truncated = _complete_answer(answer, cut_off, cfg.filters, "rejected",
                                                                             stats)
             earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
-            reason = _turn_drop_reason(cfg.filters, turn.rejected, truncated, earlier)
+            reason = _turn_drop_reason(cfg, turn, "rejected", truncated, earlier)
             same = is_copy(turn.rejected, [turn.chosen])
             if reason is None and same and cfg.filters.drop_chosen_equals_rejected:
                 reason = "chosen_equals_rejected"
             if reason:
                 stats["dropped"][reason] += 1
                 continue
-            alive.append(w)
-            kept[id(w)] = t + 1
+            passed.append(w)
+            turn.kept = True
             stats["pairs_kept"] += 1
             stats["chosen_equals_rejected"] += int(same)
             for branch, text in (("chosen", turn.chosen), ("rejected", turn.rejected)):
@@ -404,6 +468,8 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, kept: dict[int, int],
                 stats["hist"][f"{branch}_tokens"][power_of_two_bin(n)] += 1
                 stats["answer_tokens"][branch] += n
                 stats["tokens"] += n
+        if not released:
+            alive = passed
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -618,8 +684,9 @@ def main(cfg: Config) -> int:
     if cfg.phase != "short" and not stats["records"]:  # the next stage would only find an empty folder
         skipped = {k: v for k, v in stats["skipped"].items() if v}
         dropped = {k: v for k, v in stats["dropped"].items() if v}
+        no_question = {k: v for k, v in stats["turns_without_question"].items() if v}
         raise InputError(f"{cfg.output_dir}: no pair kept from {stats['documents']} documents (skipped {skipped}, "
-                         f"dropped {dropped}, questions dropped {dict(stats['questions_dropped'])}, unparsable question replies "
-                         f"{stats['questions_unparsable']}); "
-                         f"loosen the document length or filter keys, then rerun with overwrite=true")
+                         f"dropped {dropped}, turns without a question {no_question}, unparsable question replies "
+                         f"{stats['questions_unparsable']}); loosen the document length or filter keys, then rerun "
+                         f"with overwrite=true")
     return 0

@@ -2,8 +2,9 @@
 
     longpo generate ... question_template=small question_parser=lenient
 
-The paper's prompt (`prompts.QUESTION_TEMPLATE`, what the `released` recipes use) asks a 7B model
-for k numbered questions. A 135M model does not follow that: it writes a few questions with their
+These are templates of the `project` preset (`prompts: project`); `prompts: released`, what the 7B
+recipes use, asks with the released scripts' own prompt (`released_preset.py`). The default prompt
+(`prompts.QUESTION_TEMPLATE`, by name `paper`) asks a 7B model for k numbered questions. A 135M model does not follow that: it writes a few questions with their
 answers mixed in, or runs on past k. The `small` template (`prompts.SMALL_QUESTION_TEMPLATE`) says
 the task first, shows it once on an example text (a one-shot numbered list), then gives the chunk;
 its parser `lenient` (`prompts.parse_lenient`) takes the questions out of whatever the model wrote.

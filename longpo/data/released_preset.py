@@ -15,6 +15,8 @@ is ours. Where the project's own defaults (`longpo.data.prompts`, `longpo.data.f
   than 2 words of 3+ characters); any of 37 refusal phrases (case-insensitive) in either answer;
 - turns: up to 4 per document; each rejected answer is an independent single-turn request over
   the whole document (not conditioned on the earlier rejected turns).
+
+`longpo generate prompts=released` applies them (longpo/data/generate.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CHUNK_SEPARATOR = "\n\n\n"
 REJECTED_REPEAT_THRESHOLD = 0.95
 CHOSEN_REPEAT_THRESHOLD = 0.9
 MIN_WORD_LENGTH = 3
+DROP_REASONS = ("empty", "meaningless_rejected", "meaningless_chosen", "refusal")  # `drop_reason`'s, in its order
 
 PREFIX_PHRASES = (
     "As described in the preceding text,", "As detailed in the foregoing document,",
@@ -94,6 +97,11 @@ def pick_question(reply: str, rng: random.Random) -> str | None:
     questions = parse_questions(reply)
     if len(questions) != NUM_QUESTIONS:
         return None
+    return choose_question(questions, rng)
+
+
+def choose_question(questions: list[str], rng: random.Random) -> str:
+    """One of the questions at random, then a prefix phrase at random (the released scripts' order of draws)."""
     question = rng.choice(questions)
     return f"{rng.choice(PREFIX_PHRASES)} {question}"
 
@@ -140,5 +148,17 @@ def drop_reason(chosen: str, rejected: str) -> str | None:
     if is_meaningless(chosen, CHOSEN_REPEAT_THRESHOLD):
         return "meaningless_chosen"
     if has_refusal(rejected + "\n" + chosen):
+        return "refusal"
+    return None
+
+
+def chosen_drop_reason(chosen: str) -> str | None:
+    """The checks of `drop_reason` that need no rejected answer, in its order: run before the long step, so
+    no rejected answer is generated for a pair its chosen answer already condemns."""
+    if not chosen:
+        return "empty"
+    if is_meaningless(chosen, CHOSEN_REPEAT_THRESHOLD):
+        return "meaningless_chosen"
+    if has_refusal(chosen):
         return "refusal"
     return None

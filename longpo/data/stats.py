@@ -1,8 +1,8 @@
 """Statistics of a `longpo generate` run: what a person needs to judge a data set before training on it.
 
 Counts per stage (question replies -> questions -> chosen -> rejected -> pairs kept), seconds per
-stage, questions per reply, truncation (answers that hit `max_new_tokens`), drops by reason, answer
-lengths, and the reference log-probs of chosen vs rejected, summed and per token, with the share of
+stage, questions per reply, truncation (answers that hit `max_new_tokens`), drops by reason (those of
+the run's preset, `prompts`, each present from 0: `new_stats(drop_reasons)`), answer lengths, and the reference log-probs of chosen vs rejected, summed and per token, with the share of
 pairs where the chosen answer is the more likely one each way. Stats of shards and resumed groups
 are summed (`merge_stats`), so every value is a sum or a count; `summary` divides once.
 """
@@ -10,8 +10,6 @@ are summed (`merge_stats`), so every value is a sum or a count; `summary` divide
 from __future__ import annotations
 
 from collections import Counter
-
-from longpo.data.filters import DROP_REASONS
 
 STAGES = ("question", "chosen", "rejected")
 HISTOGRAMS = ("document_tokens", "chunk_tokens", "chosen_tokens", "rejected_tokens", "questions_per_reply")
@@ -24,12 +22,13 @@ def power_of_two_bin(n: int) -> str:
     return str(1 << (max(n, 1).bit_length() - 1))
 
 
-def new_stats() -> dict:
+def new_stats(drop_reasons: tuple[str, ...] = ()) -> dict:
+    """Zero stats; `drop_reasons` are entered in `dropped` at 0, so a reason that never fired still shows."""
     return {"documents": 0, "skipped": Counter(), "chunks": 0, "eligible_chunks": 0, "question_replies": 0,
             "questions_parsed": 0, "questions_unparsable": 0, "questions_found": 0, "questions_dropped": Counter(),
             "turns_without_question": Counter(), "generated": Counter(), "truncated": Counter(),
             "trimmed": Counter(), "kept_cut": Counter(), "finish_unknown": Counter(), "seconds": Counter(), "pairs_kept": 0,
-            "dropped": Counter(), "chosen_equals_rejected": 0, "records": 0, "tokens": 0,
+            "dropped": Counter(dict.fromkeys(drop_reasons, 0)), "chosen_equals_rejected": 0, "records": 0, "tokens": 0,
             "answer_tokens": Counter(), "reference": Counter(),
             "hist": {name: Counter() for name in HISTOGRAMS}}
 
@@ -49,11 +48,10 @@ def merge_stats(total: dict, part: dict) -> dict:
 
 
 def stats_json(stats: dict) -> dict:
-    """Plain dicts, histograms sorted by bin, every drop reason present."""
+    """Plain dicts, histograms sorted by bin."""
     out = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in stats.items() if k != "hist"}
     out["hist"] = {name: dict(sorted(dict(c).items(), key=lambda kv: int(kv[0])))
                    for name, c in stats.get("hist", {}).items()}
-    out["dropped"] = {reason: 0 for reason in DROP_REASONS} | dict(out.get("dropped", {}))
     return out
 
 

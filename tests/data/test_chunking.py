@@ -48,3 +48,15 @@ def test_latex_splits_at_sections_and_code_at_blank_lines():
     assert split_blocks(code, "code") == ["import os", "def f():\n    return 1", "class A:\n    pass"]
     with pytest.raises(ValueError, match="unknown document format"):
         split_blocks("x", "poetry")
+
+
+def test_blocks_and_chunks_have_their_own_separators(tokenizer):
+    """The released scripts join paragraphs by one space inside a chunk and chunks by three newlines."""
+    text = prose(5, paragraphs=20)
+    paragraphs = split_blocks(text, "prose")
+    out = chunk_document(tokenizer, text, 40, 200, separator="\n\n\n", block_separator=" ")
+    assert len(out.chunks) > 2 and out.context == "\n\n\n".join(out.chunks)
+    assert all("\n" not in chunk for chunk in out.chunks)
+    assert " ".join(out.chunks) == " ".join(paragraphs)  # every paragraph, in order, inside one chunk
+    assert all(n == count(tokenizer, c) and n <= 200 for c, n in zip(out.chunks, out.chunk_tokens))
+    assert chunk_document(tokenizer, text, 40, 200, block_separator="\n\n") == chunk_document(tokenizer, text, 40, 200)

@@ -76,3 +76,14 @@ def test_refusal_from_the_released_list_in_either_answer():
 def test_empty_and_short_answers():
     assert rp.drop_reason(chosen="", rejected="The Seine crosses Paris.") == "empty"
     assert rp.drop_reason(chosen="Paris lies on the Seine.", rejected="Yes, ok.") == "meaningless_rejected"
+
+
+def test_chosen_checks_agree_with_the_pair_checks_on_a_sound_rejected_answer():
+    """`chosen_drop_reason` is `drop_reason` with a rejected answer that passes: the same reason, decided
+    before the rejected answer exists."""
+    sound = "The Seine crosses Paris from east to west."
+    for chosen, expected in (("", "empty"), ("the cat sat. the cat sat.", "meaningless_chosen"),
+                             ("As an AI assistant, I have no opinion here.", "refusal"),
+                             ("Paris lies on the Seine.", None)):
+        assert rp.chosen_drop_reason(chosen) == rp.drop_reason(chosen=chosen, rejected=sound) == expected
+    assert rp.DROP_REASONS == ("empty", "meaningless_rejected", "meaningless_chosen", "refusal")
