@@ -36,7 +36,8 @@ def question_prompt(template: str, chunk: str, k: int) -> str:
     """The user message asking for k questions about a chunk."""
     if "{chunk}" not in template:
         raise ValueError("question_template must contain the placeholder {chunk}")
-    return template.replace("{chunk}", chunk).replace("{k}", str(k))
+    # {k} first: a chunk may hold "{k}" itself (LaTeX: \sum_{k}), which must reach the model as written
+    return template.replace("{k}", str(k)).replace("{chunk}", chunk)
 
 
 def strip_label(line: str) -> tuple[str, bool]:

@@ -63,3 +63,8 @@ def test_filters_name_their_reason():
     assert repeat_ratio("a b c d") == 0.0 and repeat_ratio("a a a a") == 0.75
     assert drop_reason("The river carries silt to the sea.", cfg) is None
     assert chosen_drop_reason("The river carries silt.", 40000, cfg) == "short_prompt_too_long"
+
+
+def test_a_chunk_reaches_the_question_request_as_written():
+    latex = r"\sum_{k} a_{k} = {chunk}"  # placeholders inside the text are text, not placeholders
+    assert question_prompt("{chunk}\n\nWrite {k} questions", latex, 4) == latex + "\n\nWrite 4 questions"
