@@ -152,9 +152,9 @@ def guard(stage: str, folder: str | os.PathLike, cfg: Any, exempt: Iterable[str]
         diff = differences(old, new)
         if diff:
             raise FingerprintMismatch(
-                f"{folder} holds a {stage} run with other settings: {'; '.join(diff)}. Rerun with the same settings "
-                f"to resume it, with overwrite=true to start over (removes that run's outputs), or choose a new "
-                f"folder")
+                f"{folder} holds an earlier {stage} run with other settings: {'; '.join(diff)}. Rerun with the "
+                f"same settings to resume it, with overwrite=true to start over (removes that run's outputs), or "
+                f"choose a new folder")
         return new
     if write:
         check_writable(folder, f"{stage} output folder")
