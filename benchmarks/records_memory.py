@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -65,15 +66,26 @@ def in_memory_reader(path, require_reference=False):
     return read_records(path, require_reference=require_reference)
 
 
-def child(reader: str, records: str, model_dir: str, out_dir: str, steps: int) -> dict:
+def settle() -> None:
+    """Collect garbage and hand the allocator's free pages back to the kernel (glibc malloc_trim), so
+    RssAnon counts memory still held, not heap the allocator kept after a large temporary."""
+    import ctypes
     import gc
 
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: growth then includes the allocator's free pages
+        pass
+
+
+def child(reader: str, records: str, model_dir: str, out_dir: str, steps: int) -> dict:
     import longpo.train.trainer as trainer_module
     from longpo.train.trainer import Config, Trainer
 
     if reader == "memory":
         trainer_module.open_records = in_memory_reader
-    gc.collect()
+    settle()
     rss0, anon0 = status_kb("VmRSS"), status_kb("RssAnon")
     start = time.perf_counter()
     trainer = Trainer(Config(model=model_dir, train_file=records, output_dir=out_dir, loss="longpo",
@@ -82,7 +94,7 @@ def child(reader: str, records: str, model_dir: str, out_dir: str, steps: int) -
                              progress_bar=False, seed=1))
     setup_s = time.perf_counter() - start
     trainer.train()
-    gc.collect()
+    settle()
     return {"rss_mb": (status_kb("VmRSS") - rss0) / 1024, "anon_mb": (status_kb("RssAnon") - anon0) / 1024,
             "peak_mb": status_kb("VmHWM") / 1024, "setup_s": setup_s, "total_s": time.perf_counter() - start,
             "records": len(trainer.records)}
@@ -120,9 +132,13 @@ def main() -> None:
         if not records.exists():
             write_records(records, count, args.chars)
         for reader in args.readers:
+            shutil.rmtree(work / f"run-{reader}-{count}", ignore_errors=True)  # a fresh run, not a resumed one
             cmd = [sys.executable, __file__, "--steps", str(args.steps), "--child", reader, str(records),
                    str(model_dir), str(work / f"run-{reader}-{count}")]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{reader} x {count} failed:\n{done.stderr[-3000:]}")
+            out = done.stdout.strip().splitlines()[-1]
             rows.append({"reader": reader, "count": count, "file_mb": records.stat().st_size / 2**20,
                          **json.loads(out)})
             print(f"done: {reader} {count}", file=sys.stderr)
