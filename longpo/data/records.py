@@ -178,7 +178,9 @@ class TokenizedPair:
 
     `chosen_mask` / `rejected_mask` mark response (assistant) tokens inside each branch; the
     prefix holds no response token. `prefix + chosen` is the long chosen sequence, token for
-    token what the chat template renders for the chosen conversation.
+    token what the chat template renders for the chosen conversation. `chosen_unproduced` marks
+    the end-of-turn tokens of chosen answers cut at max_new_tokens (None: there are none): the model
+    never generated them, so not even the whole-sequence NLL (nll_mode=full) trains them.
     """
 
     id: str
@@ -189,6 +191,7 @@ class TokenizedPair:
     rejected_mask: list[bool]
     ref_chosen_logp: float | None = None
     ref_rejected_logp: float | None = None
+    chosen_unproduced: list[bool] | None = None
 
 
 def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -197,7 +200,15 @@ def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = F
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[int] = frozenset()
                           ) -> tuple[list[int], list[bool]]:
-    """Token ids of a conversation and a mask that is True on assistant-message tokens.
+    """Token ids of a conversation and a mask that is True on assistant-message tokens (see `tokenize_turns`)."""
+    ids, mask, _ = tokenize_turns(tokenizer, messages, cut)
+    return ids, mask
+
+
+def tokenize_turns(tokenizer: Any, messages: list[dict], cut: frozenset[int] = frozenset()
+                   ) -> tuple[list[int], list[bool], list[bool]]:
+    """Token ids of a conversation, a mask that is True on assistant-message tokens, and one that is
+    True on the end-of-turn tokens of the answers in `cut` (never generated: no target of any loss).
 
     The assistant span of message k is the text between the template rendered up to k with a
     generation prompt and the template rendered through k, cut after its last end-of-sequence
@@ -209,7 +220,7 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[i
     """
     text = render(tokenizer, messages)
     eos = getattr(tokenizer, "eos_token", None)
-    spans = []
+    spans, unproduced = [], []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -226,14 +237,16 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict], cut: frozenset[i
             if at < 0:
                 raise RecordError(f"message {k}: the chat template does not render the answer text verbatim; "
                                   "cannot find where its end-of-turn tokens start")
+            unproduced.append((at + len(message["content"]), end))
             end = at + len(message["content"])
         spans.append((len(before), end))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    mask = []
+    mask, never = [], []
     for start, end in enc["offset_mapping"]:
         mask.append(any(a <= start < b for a, b in spans) and end > start)
-    return ids, mask
+        never.append(any(a <= start < b for a, b in unproduced) and end > start)
+    return ids, mask, never
 
 
 def tokenize_short(tokenizer: Any, chunk: str, question: str, answer: str, cut: bool = False
@@ -256,7 +269,7 @@ def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
     so every response token of both branches lies in its branch.
     """
     turns = record["turns"]
-    chosen_ids, chosen_mask = tokenize_conversation(
+    chosen_ids, chosen_mask, chosen_never = tokenize_turns(
         tokenizer, conversation(record["document"], turns, "chosen"), cut_messages(turns, "chosen"))
     rejected_ids, rejected_mask = tokenize_conversation(
         tokenizer, conversation(record["document"], turns, "rejected"), cut_messages(turns, "rejected"))
@@ -276,6 +289,7 @@ def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
         prefix=chosen_ids[:p],
         chosen=chosen_ids[p:],
         chosen_mask=chosen_mask[p:],
+        chosen_unproduced=chosen_never[p:] if any(chosen_never) else None,
         rejected=rejected_ids[p:],
         rejected_mask=rejected_mask[p:],
         ref_chosen_logp=ref_c,

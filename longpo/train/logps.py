@@ -76,7 +76,8 @@ def forward_pairs_plain(model: Any, pairs: list[TokenizedPair], nll_mode: str = 
         r_mask = torch.tensor([False] * p + pair.rejected_mask, device=lr.device)[1:]
         chosen.append(lc[c_mask].sum())
         rejected.append(lr[r_mask].sum())
-        nll_mask = {"full": torch.ones_like(c_mask), "responses": c_mask, "off": torch.zeros_like(c_mask)}[nll_mode]
+        never = torch.tensor([False] * p + (pair.chosen_unproduced or [False] * len(pair.chosen)), device=lc.device)[1:]
+        nll_mask = {"full": ~never, "responses": c_mask, "off": torch.zeros_like(c_mask)}[nll_mode]
         nll_sum = nll_sum - lc[nll_mask].sum()
         nll_tokens += int(nll_mask.sum())
     nll_sum = nll_sum if torch.is_tensor(nll_sum) else torch.tensor(nll_sum)

@@ -91,8 +91,9 @@ def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int]
     # The chosen long sequence is contiguous: token j of prefix+chosen sits at o+j.
     chosen_seq = pair.prefix + pair.chosen
     is_response = [False] * p + list(pair.chosen_mask)
+    never = [False] * p + list(pair.chosen_unproduced or [False] * c)  # cut answers' end-of-turn tokens
     for j in range(1, p + c):
-        in_nll = nll_mode == "full" or (nll_mode == "responses" and is_response[j])
+        in_nll = (nll_mode == "full" and not never[j]) or (nll_mode == "responses" and is_response[j])
         if in_nll or is_response[j]:
             src.append(o + j - 1)
             tgt.append(chosen_seq[j])

@@ -47,7 +47,10 @@ def test_chunked_logps_keep_no_logits_between_forward_and_backward():
 @pytest.mark.parametrize("nll_mode", ["full", "responses"])
 def test_packed_equals_plain_values_and_grads(tokenizer, arch, n_turns, nll_mode):
     model = build_tiny_model(arch, dtype=torch.float64, num_heads=4, num_kv_heads=2, seed=3)
-    pairs = [tokenize_pair(tokenizer, make_record(f"r{i}", n_turns=n_turns, seed=i)) for i in range(3)]
+    records = [make_record(f"r{i}", n_turns=n_turns, seed=i) for i in range(3)]
+    records[1]["turns"][0]["chosen_cut"] = True  # its end-of-turn token is in the sequence, in no target
+    pairs = [tokenize_pair(tokenizer, r) for r in records]
+    assert sum(pairs[1].chosen_unproduced) == 1 and pairs[0].chosen_unproduced is None
     plain = forward_pairs_plain(model, pairs, nll_mode)
     packed_model = copy.deepcopy(model)
     use_shared_prefix_attention(packed_model)
@@ -64,3 +67,21 @@ def test_packed_equals_plain_values_and_grads(tokenizer, arch, n_turns, nll_mode
     g_fast = torch.autograd.grad(objective(fast), list(packed_model.parameters()))
     for (name, _), a, b in zip(model.named_parameters(), g_fast, g_plain):
         assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_full_nll_leaves_out_the_end_of_turn_a_cut_answer_never_generated(tokenizer, arch):
+    model = build_tiny_model(arch, dtype=torch.float64, num_heads=4, num_kv_heads=2, seed=5)
+    record = make_record("c", n_turns=2, seed=1)
+    cut = copy.deepcopy(record)
+    cut["turns"][0]["chosen_cut"] = True
+    whole, trimmed = tokenize_pair(tokenizer, record), tokenize_pair(tokenizer, cut)
+    assert whole.chosen_unproduced is None
+    assert trimmed.prefix + trimmed.chosen == whole.prefix + whole.chosen  # the same tokens ...
+    never = [t for t, n in zip(trimmed.chosen, trimmed.chosen_unproduced) if n]
+    assert never == [tokenizer.eos_token_id]  # ... but turn 1's end-of-turn token is no target
+    n_whole = pack_pairs([whole], "full").num_nll_tokens
+    assert n_whole == len(whole.prefix) + len(whole.chosen) - 1  # every next-token target of the sequence
+    assert pack_pairs([trimmed], "full").num_nll_tokens == n_whole - 1
+    assert forward_pairs_plain(model, [trimmed], "full").nll_tokens == n_whole - 1
+    assert pack_pairs([trimmed], "responses").num_nll_tokens == sum(trimmed.chosen_mask)
