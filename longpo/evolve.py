@@ -392,7 +392,9 @@ def check_rerun(cfg: Config, write: bool = True) -> None:
             keys[f"{it.name}.{stage}"] = settings(c, STAGES[stage].FINGERPRINT_EXEMPT)
         inputs[f"{it.name}.corpus"] = identity(cfgs["generate"].corpus)
         model = cfgs["eval"].model
-    guard("evolve", out, keys, (), inputs, cfg.overwrite and write, lambda: remove(out, outputs(cfg)), write=write)
+    if cfg.overwrite and not write:  # a dry run of a run that will start over: nothing to compare
+        return
+    guard("evolve", out, keys, (), inputs, cfg.overwrite, lambda: remove(out, outputs(cfg)), write=write)
 
 
 # ------------------------------------------------------------------------------------------ running

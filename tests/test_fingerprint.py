@@ -191,3 +191,8 @@ def test_evolve_checks_every_stage_up_front(tmp_path):
     with pytest.raises(FingerprintMismatch, match=rf"{it.name}.train.learning_rate: .* -> 0.5") as e:
         evolve.check_rerun(changed)
     assert "progress_bar" not in str(e.value)
+    before = tree(tmp_path / "e")
+    with pytest.raises(FingerprintMismatch):  # a dry run compares too ...
+        evolve.check_rerun(changed, write=False)
+    evolve.check_rerun(dataclasses.replace(changed, overwrite=True), write=False)  # ... unless it will start over
+    assert tree(tmp_path / "e") == before  # and writes or removes nothing
