@@ -196,3 +196,57 @@ def test_evolve_checks_every_stage_up_front(tmp_path):
         evolve.check_rerun(changed, write=False)
     evolve.check_rerun(dataclasses.replace(changed, overwrite=True), write=False)  # ... unless it will start over
     assert tree(tmp_path / "e") == before  # and writes or removes nothing
+
+
+def test_identity_reads_a_bounded_share_of_a_large_input(tmp_path, monkeypatch):
+    from longpo import fingerprint
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.txt").write_bytes(bytes([i]) * 100_000)
+    read = []
+
+    class Counting:
+        def __init__(self, *args):
+            self.f = open(*args)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def seek(self, at):
+            return self.f.seek(at)
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(fingerprint, "open", Counting, raising=False)
+    first = identity(folder, budget=40 * 64 << 10)  # a 64 KiB share of each 100 KB file
+    assert 0 < sum(read) <= 40 * 64 << 10
+    data = bytearray((folder / "07.txt").read_bytes())
+    data[0] ^= 1  # inside the first sampled block
+    (folder / "07.txt").write_bytes(bytes(data))
+    assert identity(folder, budget=40 * 64 << 10) != first
+    (folder / "07.txt").write_bytes(bytes(data[:-1]))  # a size change, wherever it is
+    assert identity(folder, budget=40 * 64 << 10) != first
+    read.clear()
+    identity(folder)  # the default budget: every file whole
+    assert sum(read) == 40 * 100_000 - 1
+
+
+def test_a_fingerprint_of_an_older_scheme_compares_settings_only(tmp_path):
+    from longpo import fingerprint
+
+    cfg = {"learning_rate": 0.1}
+    guard("train", tmp_path, cfg, inputs={"model": "digest-a"})
+    path = fingerprint.path_of(tmp_path, "train")
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps({**old, "version": fingerprint.VERSION - 1}))
+    guard("train", tmp_path, cfg, inputs={"model": "digest-b"})  # digests of another scheme: not compared
+    with pytest.raises(FingerprintMismatch, match="learning_rate: 0.1 -> 0.2"):
+        guard("train", tmp_path, {"learning_rate": 0.2}, inputs={"model": "digest-b"})
