@@ -142,7 +142,9 @@ def checkpoint_bytes(accelerator: Any, output_dir: str | os.PathLike) -> int:
             return sum(tensor_bytes(v) for v in tree)
         return 0
 
-    models = sum(tensor_bytes(m.state_dict()) for m in getattr(accelerator, "_models", []))
+    # parameters and buffers, not state_dict(): under some sharding wrappers that is a collective,
+    # and only the main process asks
+    models = sum(tensor_bytes([*m.parameters(), *m.buffers()]) for m in getattr(accelerator, "_models", []))
     optimizers = sum(tensor_bytes(o.state_dict()) for o in getattr(accelerator, "_optimizers", []))
     return models + optimizers
 
