@@ -81,11 +81,9 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: dict
     except Exception as e:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        if not _out_of_space(e):
-            raise
-        raise WriteError(f"{tmp}: writing checkpoint-{state['step']} failed ({str(e).splitlines()[0][:120]}; "
-                         f"{free_text(out)}); the temporary folder was removed and the last complete "
-                         f"checkpoint is intact: free some space, then rerun the same command") from e
+        _raise_if_full(e, f"{tmp}: writing checkpoint-{state['step']}", out,
+                      "the temporary folder was removed and the last complete checkpoint is intact")
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
@@ -109,6 +107,13 @@ def _out_of_space(e: BaseException) -> bool:
         return True
     text = str(e)
     return any(s in text for s in ("No space left", "os error 28", "unexpected pos", "ENOSPC"))
+
+
+def _raise_if_full(e: Exception, what: str, folder: Path, intact: str) -> None:
+    """After a failed write: a full disk (however the writer said so) becomes a one-line `WriteError`."""
+    if _out_of_space(e):
+        raise WriteError(f"{what} failed ({str(e).splitlines()[0][:120]}; {free_text(folder)}); {intact}: free "
+                         f"some space, then rerun the same command") from e
 
 
 def _raise_together(accelerator: Any, problem: str) -> None:
@@ -185,11 +190,8 @@ def export_model(accelerator: Any, module: Any, tokenizer: Any, out_dir: str | o
             tokenizer.save_pretrained(tmp)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if not _out_of_space(e):
-                raise
-            raise WriteError(f"{out}: exporting the model failed ({str(e).splitlines()[0][:120]}; "
-                             f"{free_text(out.parent)}); the checkpoints are intact: free some space, then rerun "
-                             f"the same command") from e
+            _raise_if_full(e, f"{out}: exporting the model", out.parent, "the checkpoints are intact")
+            raise
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     accelerator.wait_for_everyone()
