@@ -1,9 +1,13 @@
-"""Small local stand-ins for the offline data (essays, SQuAD, HotpotQA, InfiniteBench) and a scripted backend."""
+"""Small local stand-ins for the offline data (essays, SQuAD, HotpotQA, InfiniteBench) and a scripted
+backend; the prompt format of the tiny tokenizer and RULER data over the stand-ins."""
 
 import json
 import random
 
 import pytest
+
+from longpo.eval.fitting import PromptFormat
+from longpo.eval.tasks.ruler import RulerData
 
 _WORDS = ("river city book value number code name magic secret vault long short startup founder investor "
           "program language design taste work money idea company product users growth").split()
@@ -87,3 +91,14 @@ def checkpoint(tmp_path_factory, tokenizer):
 @pytest.fixture
 def scripted_backend():
     return ScriptedBackend
+
+
+@pytest.fixture(scope="module")
+def fmt(tokenizer):
+    return PromptFormat(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def data(data_dir):
+    return RulerData(essays=str(data_dir / "essays.json"), squad=str(data_dir / "squad.json"),
+                     hotpotqa=str(data_dir / "hotpotqa.json"))

@@ -17,19 +17,7 @@ from longpo.eval.fitting import PromptFormat
 from longpo.eval.run import InfiniteBenchConfig
 from longpo.eval.runner import evaluate
 from longpo.eval.tasks.infinitebench import InfiniteBenchTask, truncate_official
-from longpo.eval.tasks.ruler import RulerData, RulerTask, qa_documents
-
-
-@pytest.fixture(scope="module")
-def fmt(tokenizer):
-    return PromptFormat(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def data(data_dir):
-    return RulerData(essays=str(data_dir / "essays.json"), squad=str(data_dir / "squad.json"),
-                     hotpotqa=str(data_dir / "hotpotqa.json"))
-
+from longpo.eval.tasks.ruler import RulerTask, qa_documents
 
 # --------------------------------------------------------------------------------------------- RULER QA
 

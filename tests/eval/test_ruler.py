@@ -16,17 +16,6 @@ from longpo.eval.tasks.ruler import TASKS, RulerData, RulerTask
 LENGTHS = {"cwe": 3072, "qa_2": 3072}
 
 
-@pytest.fixture(scope="module")
-def fmt(tokenizer):
-    return PromptFormat(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def data(data_dir):
-    return RulerData(essays=str(data_dir / "essays.json"), squad=str(data_dir / "squad.json"),
-                     hotpotqa=str(data_dir / "hotpotqa.json"))
-
-
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_is_deterministic_fits_and_contains_answers(name, fmt, data, tokenizer):
     length = LENGTHS.get(name, 2048)

@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from longpo.eval.fitting import PromptFormat
 from longpo.eval.haystack import DataMissing
 from longpo.eval.report import compare, summarize, to_markdown, write_summary
 from longpo.eval.runner import evaluate, predictions_path
@@ -17,11 +16,6 @@ def niah_oracle(prompt: str) -> str:
     """Answers NIAH perfectly by reading the needle of the queried key."""
     key = re.search(r"special magic number for (\S+) mentioned in the provided text\?", prompt).group(1)
     return re.search(rf"for {re.escape(key)} is: (\d+)\.", prompt).group(1)
-
-
-@pytest.fixture(scope="module")
-def fmt(tokenizer):
-    return PromptFormat(tokenizer)
 
 
 def _tasks(fmt, n=5):

@@ -53,12 +53,9 @@ attention_backend: sdpa
 """
 
 
-@pytest.mark.slow
-def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
-    """`longpo train sp_size=2` under torchrun (2 gloo ranks, accelerate MULTI_CPU) writes the same
-    metrics and the same final weights as the one-process run: 2 AdamW steps, float64."""
-    from safetensors.torch import load_file
-
+def train_one_and_sp2(tmp_path: Path, *sp2_keys: str) -> dict[str, list[dict]]:
+    """`longpo train` of TRAIN_RECIPE in one process ("one") and under torchrun on 2 gloo ranks with
+    sp_size=2 plus `sp2_keys` ("sp2"), each into tmp_path/<name>; the metrics rows of each run."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(TRAIN_RECIPE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
@@ -67,19 +64,28 @@ def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
     runs = {
         "one": [sys.executable, *train, f"output_dir={tmp_path / 'one'}"],
         "sp2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train,
-                "sp_size=2", f"output_dir={tmp_path / 'sp2'}"],
+                "sp_size=2", *sp2_keys, f"output_dir={tmp_path / 'sp2'}"],
     }
     for name, cmd in runs.items():
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+    return {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+
+
+@pytest.mark.slow
+def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
+    """`longpo train sp_size=2` under torchrun (2 gloo ranks, accelerate MULTI_CPU) writes the same
+    metrics and the same final weights as the one-process run: 2 AdamW steps, float64."""
+    from safetensors.torch import load_file
+
+    rows = train_one_and_sp2(tmp_path)
     assert len(rows["one"]) == len(rows["sp2"]) == 2
     timing = {"tokens_per_s", "pairs_per_s", "seconds"}
     for a, b in zip(rows["one"], rows["sp2"]):
         assert a.keys() == b.keys()
         for key in a.keys() - timing:
             assert b[key] == pytest.approx(a[key], rel=1e-10, abs=1e-12), f"step {a['step']} {key}: {b[key]} != {a[key]}"
-    weights = {n: load_file(next((tmp_path / n / "final").glob("*.safetensors"))) for n in runs}
+    weights = {n: load_file(next((tmp_path / n / "final").glob("*.safetensors"))) for n in rows}
     for key, w in weights["one"].items():
         torch.testing.assert_close(weights["sp2"][key], w, rtol=1e-10, atol=1e-12, msg=lambda m, key=key: f"{key}: {m}")
 

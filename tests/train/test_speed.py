@@ -395,27 +395,9 @@ def test_sequence_parallel_with_recomputed_offloaded_layers_equals_one_process(t
     """`longpo train sp_size=2` on 2 gloo ranks with activation_checkpointing: full and offload_activations
     (the backward re-runs each layer's Ulysses all-to-alls from offloaded inputs) writes the same metrics as
     one process without the options (float64, 2 AdamW steps; the recipe of tests/train/test_parallel.py)."""
-    import os
-    import subprocess
-    import sys
+    from tests.train.test_parallel import train_one_and_sp2
 
-    from tests.train.test_parallel import TRAIN_RECIPE
-
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(TRAIN_RECIPE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
-    train = ["-m", "longpo.cli", "train", "--config", str(recipe)]
-    runs = {
-        "one": [sys.executable, *train, f"output_dir={tmp_path / 'one'}"],
-        "sp2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *train,
-                "sp_size=2", "activation_checkpointing=full", "offload_activations=true",
-                f"output_dir={tmp_path / 'sp2'}"],
-    }
-    for name, cmd in runs.items():
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in runs}
+    rows = train_one_and_sp2(tmp_path, "activation_checkpointing=full", "offload_activations=true")
     assert len(rows["one"]) == len(rows["sp2"]) == 2
     for a, b in zip(rows["one"], rows["sp2"]):
         for key in ("loss", "nll", "pref_loss", "grad_norm", "rewards/margin"):
