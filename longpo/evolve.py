@@ -80,7 +80,7 @@ from longpo.launcher import (
     train_argv,
 )
 from longpo.launcher import wrap as wrap_launcher
-from longpo.models import check_local, max_positions
+from longpo.models import check_local, check_model_folder, max_positions
 from longpo.train import trainer
 
 STAGE_ORDER = ("generate", "reference", "train", "eval")
@@ -331,6 +331,19 @@ def base_eval_config(cfg: Config) -> Any:
                                           "skip_beyond_max_positions": True}, "base.eval")
 
 
+def check_family(base_model: str, label: str, cfgs: dict[str, Any]) -> None:
+    """Before any stage runs: every iteration's RoPE override and training are exact for the base model's
+    family (later iterations start from a model of the same family and rope type)."""
+    gen, tr = cfgs["generate"], cfgs["train"]
+    try:
+        check_model_folder(base_model, gen.backend, rope_theta=gen.rope_theta,
+                           max_position_embeddings=gen.max_position_embeddings)
+        check_model_folder(base_model, training=True, attention_backend=tr.attention_backend,
+                           rope_theta=tr.rope_theta, max_position_embeddings=tr.max_position_embeddings)
+    except InputError as e:
+        raise InputError(f"{label}: {e}") from e
+
+
 def plan(cfg: Config) -> list[Stage]:
     """Every stage of the run, resolved and validated (configs, topology, command lines), in order."""
     out = Path(cfg.output_dir)
@@ -347,6 +360,7 @@ def plan(cfg: Config) -> list[Stage]:
     for it in cfg.iterations:
         folder = out / it.name
         cfgs = _stage_configs(it, model, folder)
+        check_family(cfg.base_model, it.name, cfgs)
         stages.append(plan_generate(cfg, it.name, cfgs["generate"], folder / "generate"))
         one_process = cfg.launch == "inline" and cfgs["generate"].phase == "long"  # both models here (hf only)
         stages[-1].inline = (generate, _replace(cfgs["generate"], f"{it.name}.generate", phase="all")

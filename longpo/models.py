@@ -26,6 +26,13 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from longpo.errors import InputError
+from longpo.families import (
+    UnsupportedModelError,
+    check_model,
+    check_rope_override,
+    extended_rope_sets,
+    plain_attention,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -56,16 +63,16 @@ def rope_overrides(config: PretrainedConfig, rope_theta: float | None = None,
     """Config attributes to set for a new RoPE base / length: `{"rope_parameters": ..., ...}`.
 
     transformers 5 keeps the base in `rope_parameters`: one dict, or one per layer type. Only
-    `rope_theta` changes in each; the type and its scaling keys (llama3 factor, yarn) stay.
+    `rope_theta` changes, in the layer types a context extension concerns (`families.extended_rope_sets`:
+    not Gemma-3's local sliding-window base); the type and its scaling keys (llama3 factor, yarn) stay.
+    A rope type for which a new base has no single meaning (longrope, dynamic) is refused.
     """
+    check_rope_override(config, rope_theta, max_position_embeddings)
     out: dict = {}
     if rope_theta is not None:
         params = copy.deepcopy(getattr(config, "rope_parameters", None))
-        if not isinstance(params, dict):
-            raise ValueError(f"{type(config).__name__} has no rope_parameters; cannot set rope_theta")
-        targets = [params] if "rope_theta" in params else [v for v in params.values() if isinstance(v, dict)]
-        if not targets:
-            raise ValueError(f"rope_parameters {params} holds no rope_theta")
+        extended = extended_rope_sets(config)
+        targets = [params] if extended == ["all"] else [params[kind] for kind in extended]
         for p in targets:
             p["rope_theta"] = float(rope_theta)
         out["rope_parameters"] = params
@@ -83,6 +90,22 @@ def load_config(path: str | Path, rope_theta: float | None = None,
     return config
 
 
+def check_model_folder(path: str | Path, backend: str = "hf", *, training: bool = False,
+                       attention_backend: str = "sdpa", rope_theta: float | None = None,
+                       max_position_embeddings: int | None = None) -> None:
+    """Before a stage reads anything: `path` is a local model folder whose family longpo computes exactly
+    for this use (`families.check_model`; only config.json is read). vLLM runs its own attention and
+    logits, so there only the RoPE override is checked; an OpenAI-compatible server is not checked here."""
+    if backend == "openai":
+        return
+    config = AutoConfig.from_pretrained(str(check_local(path)), trust_remote_code=False, local_files_only=True)
+    if backend == "vllm":
+        check_rope_override(config, rope_theta, max_position_embeddings)
+        return
+    check_model(config, training=training, attention_backend=attention_backend, rope_theta=rope_theta,
+                max_position_embeddings=max_position_embeddings)
+
+
 def vllm_hf_overrides(path: str | Path, rope_theta: float | None = None,
                       max_position_embeddings: int | None = None) -> dict:
     """vLLM's `hf_overrides` for the same change `load_model` makes (read from the local config)."""
@@ -97,12 +120,21 @@ def vllm_hf_overrides(path: str | Path, rope_theta: float | None = None,
 
 def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | None = None,
                rope_theta: float | None = None, max_position_embeddings: int | None = None,
-               attn_implementation: str = "sdpa") -> Any:
+               attn_implementation: str = "auto") -> Any:
     """A local causal LM (safetensors, no remote code) with the overrides applied before it is built.
 
     `device=None` leaves it where transformers put it (CPU; accelerate moves training models).
+    `attn_implementation="auto"`: what computes the family's own attention (`families.plain_attention`:
+    eager where transformers' SDPA path would drop a feature); "sdpa" there is refused.
     """
     config = load_config(path, rope_theta, max_position_embeddings)
+    check_model(config)
+    exact = plain_attention(config)
+    if attn_implementation == "auto":
+        attn_implementation = exact
+    elif attn_implementation == "sdpa" and exact != "sdpa":
+        raise UnsupportedModelError(f"attn_implementation=sdpa for {config.model_type}: transformers' SDPA path "
+                                    f"drops a feature of this family (softcapping or sinks); use {exact} or auto")
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype in DTYPES else dtype
     model = AutoModelForCausalLM.from_pretrained(
         str(path), config=config, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False,
@@ -138,8 +170,11 @@ def upcast_logits(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                 softcap: float | None = None) -> torch.Tensor:
     logits = upcast_logits(lm_head(hidden))  # (n, V), one chunk only
+    if softcap is not None:  # Gemma's final logit softcapping, as its forward applies it
+        logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -149,12 +184,13 @@ def auto_chunk_size(vocab_size: int) -> int:
 
 
 def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
-                         chunk_size: int | None = None) -> torch.Tensor:
+                         chunk_size: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """log softmax(lm_head(hidden))[targets] for (N, D) hidden states, in chunks; (N,) float32 or wider.
 
     Each chunk runs under activation checkpointing when gradients are needed: the forward keeps no
     logits, the backward recomputes one chunk's at a time, so peak memory is one chunk x vocabulary.
-    `chunk_size=None` picks `auto_chunk_size` of the head's vocabulary.
+    `chunk_size=None` picks `auto_chunk_size` of the head's vocabulary; `softcap` is the model's final
+    logit softcapping (`final_logit_softcap(model.config)`), which its own forward applies to the logits.
     """
     chunk_size = chunk_size or auto_chunk_size(lm_head.out_features)  # not .weight: ZeRO-3 partitions it
     assert hidden.shape[0] == targets.shape[0], f"{hidden.shape[0]} hidden states for {targets.shape[0]} targets"
@@ -165,7 +201,7 @@ def chunked_target_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, targets
     for start in range(0, max(hidden.shape[0], 1), chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         if needs_grad:
-            outs.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
+            outs.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, use_reentrant=False))
         else:
-            outs.append(_chunk_logps(lm_head, h, t))
+            outs.append(_chunk_logps(lm_head, h, t, softcap))
     return torch.cat(outs)

@@ -70,12 +70,14 @@ def test_same_rope_override_gives_the_same_frequencies_everywhere(model_dir):
 
 
 def test_rope_overrides_per_layer_type_and_errors():
+    """Per-layer-type RoPE (Gemma-3): the global layers get the new base, the sliding-window layers keep
+    their local base (they never see more than their window, which the original model handles)."""
     config = build_tiny_model("llama").config
     config.rope_parameters = {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
     out = rope_overrides(config, 1e6)
     assert {k: v["rope_theta"] for k, v in out["rope_parameters"].items()} == {"full_attention": 1e6,
-                                                                             "sliding_attention": 1e6}
+                                                                             "sliding_attention": 1e4}
     assert config.rope_parameters["full_attention"]["rope_theta"] == 1e4, "the source config was changed"
     assert rope_overrides(config) == {}
 

@@ -22,6 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from longpo.backends.base import Sampling
+from longpo.families import final_logit_softcap
 from longpo.models import chunked_target_logps, load_model, load_tokenizer
 
 
@@ -38,7 +39,7 @@ class HFBackend:
 
     def __init__(self, model: Any, tokenizer: Any = None, dtype: str = "auto", device: str | None = None,
                  rope_theta: float | None = None, max_position_embeddings: int | None = None,
-                 batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "sdpa",
+                 batch_size: int = 8, min_shared_prefix: int = 64, attn_implementation: str = "auto",
                  reuse_across_calls: bool = False, batch_shared_greedy: bool = False):
         if isinstance(model, (str, Path)):
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,7 +253,8 @@ class HFBackend:
                     hidden = decoder(input_ids=ids[:, start:], past_key_values=past,
                                      use_cache=past is not None).last_hidden_state[0]  # (T - start, H)
                     idx = torch.tensor(sources[i], dtype=torch.long, device=self.device)
-                    logps = chunked_target_logps(hidden.index_select(0, idx - start), head, ids[0, idx + 1])
+                    logps = chunked_target_logps(hidden.index_select(0, idx - start), head, ids[0, idx + 1],
+                                                 softcap=final_logit_softcap(self.model.config))
                 out[i] = float(logps.double().sum())
         return out
 

@@ -47,7 +47,7 @@ from longpo.data.stats import (
 )
 from longpo.errors import InputError
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_local
+from longpo.models import check_model_folder
 
 log = logging.getLogger("longpo.generate")
 PHASES = ("all", "short", "long")
@@ -540,8 +540,9 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     from longpo.data.corpus import CorpusError
     from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
-    if backend is None and cfg.backend != "openai":
-        check_local(cfg.model)  # before anything is read or written
+    if backend is None:  # before anything is read or written: the folder, its family, the RoPE override
+        check_model_folder(cfg.model, cfg.backend, rope_theta=cfg.rope_theta,
+                           max_position_embeddings=cfg.max_position_embeddings)
     check_rerun(cfg, local_model=cfg.backend != "openai")
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out, name="resolved_config.short.yaml" if cfg.phase == "short" else "resolved_config.yaml")

@@ -35,7 +35,7 @@ from longpo.data.released_reference import run_released
 from longpo.errors import InputError
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl, truncate_torn_tail
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_local
+from longpo.models import check_model_folder
 
 
 @dataclass(kw_only=True)
@@ -124,8 +124,8 @@ def _completed_ids(partial: Path) -> set[str]:
 
 def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
-    if backend_factory is None and cfg.backend != "openai":
-        check_local(cfg.model)  # before reading anything
+    if backend_factory is None:  # before reading anything: the folder and its family
+        check_model_folder(cfg.model, cfg.backend)
     check_rerun(cfg, local_model=backend_factory is None and cfg.backend != "openai")
     make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
                                                      **cfg.backend_args))

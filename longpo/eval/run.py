@@ -33,7 +33,7 @@ from longpo.eval.tasks.mtbench import MTBenchConfig
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_local, max_positions
+from longpo.models import check_model_folder, max_positions
 from longpo.models import load_tokenizer as load_local_tokenizer
 
 RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
@@ -203,8 +203,7 @@ def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any,
 
 def check_inputs(cfg: Config) -> None:
     """Fail before loading anything when the checkpoint or the target lengths are wrong."""
-    if cfg.backend != "openai":
-        check_local(cfg.model)
+    check_model_folder(cfg.model, cfg.backend)  # the folder and its family (nothing for an OpenAI server)
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
     r, ib = cfg.ruler, cfg.infinitebench

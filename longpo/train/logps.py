@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from longpo.data.records import TokenizedPair
+from longpo.families import final_logit_softcap
 from longpo.models import chunked_target_logps, upcast_logits
-from longpo.train.attention import BLOCK_MASK_KWARG, LAYOUT_KWARG, build_block_mask
+from longpo.train.attention import BLOCK_MASK_KWARG, LAYOUT_KWARG, BlockMasks
 from longpo.train.loss import NLL_MODES, PairLogps
 from longpo.train.packing import LogpTargets, PackedBatch
 
@@ -43,7 +44,7 @@ def forward_hidden(model: Any, batch: PackedBatch, attention_backend: str = "sdp
     """Final hidden states (1, T, D) of the packed row under the shared-prefix layout."""
     kwargs = {LAYOUT_KWARG: batch.layout}
     if attention_backend == "flex":
-        kwargs[BLOCK_MASK_KWARG] = build_block_mask(batch.layout, batch.input_ids.device)
+        kwargs[BLOCK_MASK_KWARG] = BlockMasks(batch.layout, batch.input_ids.device)  # one per sliding window
     out = model.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **kwargs)
     return out.last_hidden_state
 
@@ -53,7 +54,8 @@ def forward_pairs(model: Any, batch: PackedBatch, chunk_size: int | None = None,
     """Fast path: one packed forward, log-probs gathered only where a target needs them, in chunks."""
     hidden = forward_hidden(model, batch, attention_backend)[0]  # (T, D)
     selected = hidden.index_select(0, batch.targets.src)  # (N, D)
-    logps = chunked_target_logps(selected, model.get_output_embeddings(), batch.targets.tgt, chunk_size)
+    logps = chunked_target_logps(selected, model.get_output_embeddings(), batch.targets.tgt, chunk_size,
+                                 softcap=final_logit_softcap(model.config))
     return pair_stats(logps, batch.targets, batch.num_pairs)
 
 

@@ -52,13 +52,25 @@ class SharedPrefixLayout:
             branch[o + p + c : o + p + c + r] = 2
         return pair.to(device), branch.to(device)
 
-    def allowed(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """The (T, T) boolean attention mask this layout means (for tests and small inputs only)."""
+    def positions(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """Per-token position id: the prefix counts from 0, each branch continues from the prefix (padding: 0)."""
+        pos = torch.zeros((self.total_len,), dtype=torch.long)
+        for o, p, c, r in self.pairs:
+            pos[o : o + p + c] = torch.arange(p + c)
+            pos[o + p + c : o + p + c + r] = torch.arange(p, p + r)
+        return pos.to(device)
+
+    def allowed(self, device: torch.device | str | None = None, window: int | None = None) -> torch.Tensor:
+        """The (T, T) boolean attention mask this layout means (for tests and small inputs only); with a
+        sliding `window`, a key is visible only from queries fewer than `window` positions after it."""
         pair, branch = self.token_ids(device)
         q = torch.arange(self.total_len, device=device)
         same_pair = (pair[:, None] == pair[None, :]) & (pair[:, None] >= 0)
         visible = (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
         mask = same_pair & visible & (q[None, :] <= q[:, None])
+        if window is not None:
+            pos = self.positions(device)
+            mask = mask & (pos[:, None] - pos[None, :] < window)
         return mask | torch.eye(self.total_len, dtype=torch.bool, device=device)  # padding sees itself
 
 

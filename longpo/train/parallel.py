@@ -5,7 +5,7 @@ The model code is untouched; this layer wraps it from outside:
   `init_mesh(sp_size)`   ranks r = dp_rank * sp_size + sp_rank; the `sp_size` ranks of one SP group
                          (adjacent ranks, so one node's fast links) hold the shards of one sample,
                          the DP groups hold different samples.
-  `parallelize(model)`   registers `longpo_ulysses_<backend>` and points the model at it: inside
+  `parallelize(model)`   registers `longpo_ulysses_<spans|flex>` and points the model at it: inside
                          each attention layer q/k/v go from sequence shards to head shards by an
                          all-to-all, `shared_prefix_attention` runs on the FULL sequence for the
                          local heads, and an all-to-all brings the output back to sequence shards.
@@ -42,6 +42,9 @@ from longpo.train.attention import (
     BACKENDS,
     BLOCK_MASK_KWARG,
     LAYOUT_KWARG,
+    REGISTERED,
+    AttentionOptions,
+    attention_options,
     make_hf_attention,
     register_shared_prefix_attention,
     set_attention,
@@ -265,8 +268,11 @@ def _heads_to_seq(o: torch.Tensor, q_counts: list[int], rank: int, group: Any) -
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, group: Any,
-                      scaling: float | None = None, backend: str = "sdpa", block_mask: Any = None) -> torch.Tensor:
-    """Shared-prefix attention of sequence-sharded q (B, H, T/sp, D), k/v (B, Hkv, T/sp, D); (B, T/sp, H, D)."""
+                      scaling: float | None = None, backend: str = "sdpa", block_mask: Any = None,
+                      opts: AttentionOptions | None = None) -> torch.Tensor:
+    """Shared-prefix attention of sequence-sharded q (B, H, T/sp, D), k/v (B, Hkv, T/sp, D); (B, T/sp, H, D).
+
+    Windows and softcapping apply to every head alike; sinks are per query head, so each rank keeps its own."""
     sp, rank = dist.get_world_size(group), dist.get_rank(group)
     plan = plan_heads(q.shape[1], k.shape[1], sp)
     qa, qb = plan.q_ranges[rank]
@@ -281,7 +287,10 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
     if not grouped:  # the split cut a kv group unevenly: give each query head its own copy
         idx = kv_of_q.to(k_full.device)
         k_full, v_full = k_full.index_select(1, idx), v_full.index_select(1, idx)
-    out = shared_prefix_attention(q_full, k_full, v_full, layout, scaling, backend, block_mask)
+    opts = opts or AttentionOptions(scaling=scaling)
+    if opts.sinks is not None:
+        opts = replace(opts, sinks=opts.sinks[qa:qb])
+    out = shared_prefix_attention(q_full, k_full, v_full, layout, backend=backend, block_mask=block_mask, opts=opts)
     return _heads_to_seq(out, plan.q_counts, rank, group)
 
 
@@ -293,14 +302,17 @@ def _make_hf_ulysses_attention(backend: str, group: Any):
         if layout is None or query.shape[2] == layout.total_len:  # unsharded input: the core as is
             return plain(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         assert dropout == 0.0, "shared-prefix attention does not implement attention dropout"
-        return ulysses_attention(query, key, value, layout, group, scaling, backend,
-                                 kwargs.get(BLOCK_MASK_KWARG)), None
+        block_mask = kwargs.pop(BLOCK_MASK_KWARG, None)
+        kwargs.pop(LAYOUT_KWARG)
+        opts = attention_options(module, scaling, kwargs)
+        return ulysses_attention(query, key, value, layout, group, backend=backend, block_mask=block_mask,
+                                 opts=opts), None
 
     return attention
 
 
 def ulysses_attention_name(backend: str) -> str:
-    return f"longpo_ulysses_{backend}"
+    return f"longpo_ulysses_{REGISTERED[backend]}"
 
 
 def parallelize(model: Any, mesh: Mesh, backend: str = "sdpa") -> Any:

@@ -41,7 +41,7 @@ from longpo.data.sources import open_records
 from longpo.errors import InputError
 from longpo.files import check_writable
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import DTYPES, check_local, load_model, load_tokenizer
+from longpo.models import DTYPES, check_model_folder, load_model, load_tokenizer
 from longpo.toy.run import prepare_tiny_run, tiny_run_paths
 from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
 from longpo.train.checkpoint import (
@@ -191,8 +191,8 @@ OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_confi
 def check_rerun(cfg: Config, main_process: bool) -> None:
     """Before anything is loaded or written: the output and export folders are writable, and a rerun
     into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
-    if cfg.model != TINY:
-        check_local(cfg.model)
+    if cfg.model != TINY:  # the family is checked from config.json before any record is read
+        check_policy(cfg)
     export_dir = Path(cfg.export_dir) if cfg.export_dir else None
 
     def clear() -> None:
@@ -232,6 +232,12 @@ class PairModel(torch.nn.Module):
 
     def forward(self, batch: PackedBatch) -> ForwardOutput:
         return forward_pairs_parallel(self.model, batch, self.mesh, self.chunk_size, self.attention_backend)
+
+
+def check_policy(cfg: Config) -> None:
+    """The policy's folder exists and its family trains exactly under shared-prefix attention (longpo.families)."""
+    check_model_folder(cfg.model, training=True, attention_backend=cfg.attention_backend,
+                       rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings)
 
 
 def load_policy(cfg: Config) -> Any:
@@ -283,7 +289,7 @@ class Trainer:
         if accelerator.is_main_process:
             write_resolved_config(cfg, cfg.output_dir)
         set_seed(cfg.seed)
-        check_local(cfg.model)  # before anything loads: a hub id is refused here, nothing is downloaded
+        check_policy(cfg)  # before anything loads: a hub id or an unsupported family is refused here
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.filler = filler_pair(self.tokenizer)
         self.records = open_records(cfg.train_file, require_reference=cfg.loss == "longpo")
