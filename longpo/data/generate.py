@@ -92,7 +92,7 @@ class Config:
     max_chunk_tokens: int = help_field(30000, "longest chunk")
     prompts: str = help_field("project", "question prompt, parser, prefix, separators, filters and turns as one "
                                          "preset: project (ours) or released (the released LongPO data scripts; "
-                                         "README, 'Presets')")
+                                         "docs/stages/generate.md, 'Presets')")
     separator: str | None = help_field(None, "joins chunks into the long context; default: the preset's (project "
                                              "'\\n\\n', also between paragraphs; released '\\n\\n\\n', paragraphs "
                                              "joined by a space)")

@@ -187,7 +187,7 @@ def check_rerun(cfg: Config) -> None:
 def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any, judged: dict) -> None:
     """Exit non-zero (after the summary is written) when a task whose data was given could not read it
     (an InfiniteBench file missing from data_dir), or when nothing at all ran. RULER tasks whose data is
-    neither configured nor installed are only listed as skipped (README, Offline data)."""
+    neither configured nor installed are only listed as skipped (docs/stages/eval.md, Offline data)."""
     missing = [s["task"] for s in skipped if s.get("missing")]
     if missing:
         raise InputError(f"{cfg.out_dir}: requested task(s) {missing} could not run: their data files are "

@@ -29,7 +29,9 @@ def test_documents_are_consecutive_paragraphs_within_the_budget(tokenizer):
     assert split_documents(tokenizer, paras, doc_tokens=300, max_docs=2) == docs[:2]
 
 
-@pytest.mark.skipif(find_data_dir() is None, reason="r-cran-janeaustenr not found: python -m longpo.data.austen fetch")
+@pytest.mark.skipif(find_data_dir() is None,
+                    reason="optional real data: r-cran-janeaustenr not found; python -m longpo.data.austen fetch "
+                           "(apt-get download; apt-get update needs root)")
 def test_real_novels_become_a_corpus(tokenizer, tmp_path):
     novels = read_novels()
     assert list(novels)[:1] and set(NOVELS) <= set(novels)

