@@ -17,7 +17,6 @@ the config BEFORE `from_pretrained`; editing a built model's config changes noth
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from longpo.errors import InputError
+from longpo.paths import ModelPathError, check_local  # re-exported: `from longpo.models import check_local`
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
-
-class ModelPathError(InputError, FileNotFoundError):
-    """A model or tokenizer path that is not a local folder holding one."""
-
-
-def check_local(path: str | Path, what: str = "model", need: str = "config.json") -> Path:
-    """`path` as a local folder holding `need`; else a message saying a local folder is required."""
-    folder = Path(path)
-    if not folder.is_dir():
-        hint = (" (it looks like a hub id: download the model yourself and pass its folder)"
-                if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) else "")
-        raise ModelPathError(f"{what} {str(path)!r}: not a local {what} folder ({path} does not exist); longpo "
-                             f"loads models from local folders only and never downloads{hint}")
-    if need and not (folder / need).is_file():
-        raise ModelPathError(f"{what} {str(path)!r}: no {need} in this folder; give a folder written by "
-                             f"save_pretrained (config.json, *.safetensors, tokenizer files)")
-    return folder
 
 
 # ------------------------------------------------------------------------------------- RoPE

@@ -47,7 +47,7 @@ from longpo.data.stats import (
 )
 from longpo.errors import InputError
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_local
+from longpo.paths import check_local
 
 log = logging.getLogger("longpo.generate")
 PHASES = ("all", "short", "long")

@@ -35,7 +35,7 @@ from longpo.data.released_reference import run_released
 from longpo.errors import InputError
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl, truncate_torn_tail
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_local
+from longpo.paths import check_local
 
 
 @dataclass(kw_only=True)
