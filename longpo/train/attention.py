@@ -22,9 +22,9 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from longpo.train.config import ATTENTION_BACKENDS as BACKENDS
 from longpo.train.packing import SharedPrefixLayout
 
-BACKENDS = ("sdpa", "flex")
 LAYOUT_KWARG = "longpo_layout"
 BLOCK_MASK_KWARG = "longpo_block_mask"
 
