@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from longpo import recipes
-from longpo.config import build_config, config_help, read_config, source_of
+from longpo.config import ConfigRuleError, build_config, config_help, read_config, source_of
 from longpo.errors import InputError
 from longpo.paths import ModelPathError, check_local
 from longpo.train.config import TINY
@@ -246,11 +246,15 @@ def check_model_folder(stage: str, values: dict, sources: dict[str, str]) -> Non
 def parse_config(stage: str, config_cls: type, path: str | None, overrides: list[str]) -> object:
     """The stage's config from a YAML file / recipe and overrides, validated; imports no torch."""
     values, sources, where = read_config(path, overrides)
-    check_model_folder(stage, values, sources)
     try:
-        return build_config(config_cls, values, where, sources=sources, keys_help=f"longpo {stage} --help")
-    except ValueError as e:  # ConfigError, and the stage config's own __post_init__ checks
+        cfg = build_config(config_cls, values, where, sources=sources, keys_help=f"longpo {stage} --help")
+    except ConfigRuleError as e:  # a wrong model path first: rules such as train's "needs train_file" assume one
+        check_model_folder(stage, values, sources)
         raise InputError(str(e)) from e
+    except ValueError as e:  # an unknown key or a value of the wrong type
+        raise InputError(str(e)) from e
+    check_model_folder(stage, values, sources)
+    return cfg
 
 
 def run_stage(stage: str, argv: list[str]) -> int:

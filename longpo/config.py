@@ -34,6 +34,11 @@ class ConfigError(InputError):
     """A config file or override that cannot be turned into the stage's config."""
 
 
+class ConfigRuleError(ConfigError):
+    """A config's own check (`__post_init__`) failed: every key exists and has its type, but a value is
+    out of range or the values do not fit together."""
+
+
 def help_field(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     """`dataclasses.field` with a help string; mutable defaults go through `default_factory`."""
     if isinstance(default, (list, dict)):
@@ -246,9 +251,9 @@ def build_config(cls: type[C], values: dict, where: str = "config", *, sources: 
     except ValueError as e:  # __post_init__: a message naming a given key, `key=value ...` or `key: ...`, gets its source
         named = re.match(r"([A-Za-z_][\w.]*)(=\S|:|\[)", str(e))
         given = named and (source_of(sources, prefix + named[1]) or source_of(sources, named[1]))
-        if given and not str(e).startswith(given):
-            raise ConfigError(f"{given}: {e}") from e
-        raise
+        if isinstance(e, ConfigRuleError) or (given and str(e).startswith(given)):
+            raise
+        raise ConfigRuleError(f"{given}: {e}" if given else str(e)) from e
 
 
 def read_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None
