@@ -3,6 +3,9 @@
     python benchmarks/cli_startup.py                 # median of 5 fresh processes per row
     python benchmarks/cli_startup.py --runs 9
 
+Run it from the checkout's root: `python -m` puts the current folder first on sys.path, so the rows
+time the longpo found there.
+
 Each row runs its command in a fresh interpreter (`python -m longpo.cli ...`, the same code as the
 `longpo` script) and reports the median, min and max wall time and the exit code. The last row,
 `python -c "import torch, transformers"`, is what any of them would cost if the stage were imported

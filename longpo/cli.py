@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"longpo {stage}: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # a sub-command's argparse: --help (0) or a usage error (2), as a return code
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
 
 
 if __name__ == "__main__":
