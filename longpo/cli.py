@@ -6,34 +6,60 @@ Sub-commands (`longpo generate merge ...`, `longpo eval compare A B`) and the tw
 functions. Logs: longpo's own at INFO, third-party libraries' at WARNING and their progress bars
 off; `-v` / `--verbose` shows everything. Errors: a bad config, or an `InputError` raised by a stage (a bad
 record, a missing file or model folder), prints one line `longpo <stage>: <message>` and exits 2
-(`--debug` shows the traceback as well); any other exception keeps its traceback. Stage modules
-are imported only when run, so `longpo --help` does not load torch.
+(`--debug` shows the traceback as well); any other exception keeps its traceback. A config error
+names where the value came from (`command line: ...` or `FILE:LINE: ...`).
+
+A stage's `Config` lives in a module that imports neither torch nor transformers; the stage module is
+imported only after the config is parsed and validated (and a local model folder found), so `--help`
+and every config error take well under a second, and `longpo --help` loads no stage at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import importlib
+import importlib.util
 import logging
 import os
 import re
 import sys
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 from longpo import recipes
-from longpo.config import config_help, load_config
+from longpo.config import ConfigRuleError, build_config, config_help, read_config, source_of
 from longpo.errors import InputError
+from longpo.paths import ModelPathError, check_local
+from longpo.train.config import TINY
 from longpo.train.plots import plot_training
 
+
+class Stage(NamedTuple):
+    config: str  # module holding the stage's `Config`; imports neither torch nor transformers
+    module: str  # module holding `main(cfg)` (and the docstring `--help` shows); imported to run
+    text: str
+
+
 STAGES = {
-    "generate": ("longpo.data.generate", "self-generate short-to-long preference pairs from long documents"),
-    "reference": ("longpo.data.reference", "add short-prompt reference log-probs to preference records"),
-    "train": ("longpo.train.trainer", "train a policy with the LongPO loss (or the SFT / DPO baselines)"),
-    "eval": ("longpo.eval.run", "RULER, InfiniteBench and short-context evaluation; `eval compare A B`"),
-    "demo": ("longpo.demo", "the built-in tiny end-to-end run (base -> generate -> train -> eval)"),
-    "evolve": ("longpo.evolve", "iterate generate -> train -> eval over growing context lengths"),
+    "generate": Stage("longpo.data.generate", "longpo.data.generate",
+                      "self-generate short-to-long preference pairs from long documents"),
+    "reference": Stage("longpo.data.reference", "longpo.data.reference",
+                       "add short-prompt reference log-probs to preference records"),
+    "train": Stage("longpo.train.config", "longpo.train.trainer",
+                   "train a policy with the LongPO loss (or the SFT / DPO baselines)"),
+    "eval": Stage("longpo.eval.config", "longpo.eval.run",
+                  "RULER, InfiniteBench and short-context evaluation; `eval compare A B`"),
+    "demo": Stage("longpo.demo.config", "longpo.demo.run",
+                  "the built-in tiny end-to-end run (base -> generate -> train -> eval)"),
+    "evolve": Stage("longpo.evolve_config", "longpo.evolve",
+                    "iterate generate -> train -> eval over growing context lengths"),
 }
+# Stages whose `model` is a local folder (unless backend=openai, where it is a served name): checked
+# right after parsing, so a wrong path is named before any other rule (e.g. train's "needs train_file").
+MODEL_FOLDER_STAGES = ("generate", "reference", "train", "eval")
 
 
 COMMANDS = {
@@ -50,7 +76,7 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_
 
 def usage() -> str:
     lines = [f"usage: {USAGE}", "", "stages:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in STAGES.items()]
+    lines += [f"  {name:<10} {stage.text}" for name, stage in STAGES.items()]
     lines += ["", "commands:"] + [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
     lines += ["", "sub-commands:", "  longpo generate merge --inputs DIR [DIR ...] --output DIR",
               "  longpo generate inspect DIR [--n N] [--seed S]",
@@ -61,15 +87,22 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def stage_help(stage: str, module) -> str:
+def module_doc(name: str) -> str:
+    """The docstring of module `name`, read from its source without importing it (nor torch)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin, f"no source for module {name}"
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False) or ""
+
+
+def stage_help(stage: str, config_cls: type, doc: str) -> str:
     """Usage and examples first (the docstring's summary and its first indented blocks), then every
     config key with its real default, then the rest of the docstring (how the stage works)."""
-    paragraphs = (module.__doc__ or "").strip("\n").split("\n\n")
+    paragraphs = doc.strip("\n").split("\n\n")
     head = 1
     while head < len(paragraphs) and paragraphs[head].startswith("    "):
         head += 1
     out = [f"usage: {USAGE.replace('<stage>', stage)}", "", "\n\n".join(paragraphs[:head]), "",
-           "config keys (key=value on the command line; nested keys with dots):", *config_help(module.Config)]
+           "config keys (key=value on the command line; nested keys with dots):", *config_help(config_cls)]
     if paragraphs[head:]:
         out += ["", "how it works:", "\n\n".join(paragraphs[head:])]
     return "\n".join(out)
@@ -122,20 +155,18 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
 
 
 def generate_merge(argv: list[str]) -> int:
-    from longpo.data import generate
-
     ap = argparse.ArgumentParser(prog="longpo generate merge",
                                  description="combine shard jobs' outputs: records deduplicated and sorted by id, stats summed")
     ap.add_argument("--inputs", nargs="+", required=True, help="output folders of the shard jobs")
     ap.add_argument("--output", required=True, help="folder of the merged records")
     args = ap.parse_args(argv)
+    from longpo.data import generate
+
     print(generate.summary(generate.merge(args.inputs, args.output)))
     return 0
 
 
 def generate_inspect(argv: list[str]) -> int:
-    from longpo.data import inspect
-
     ap = argparse.ArgumentParser(prog="longpo generate inspect",
                                  description="stats and random pairs of a `longpo generate` output folder")
     ap.add_argument("dir", help="output folder of `longpo generate` (or of `generate merge`), or a records file")
@@ -144,17 +175,22 @@ def generate_inspect(argv: list[str]) -> int:
     ap.add_argument("--width", type=int, default=100, help="characters per line")
     ap.add_argument("--chunk-chars", type=int, default=600, help="characters of the chunk shown (0: all)")
     args = ap.parse_args(argv)
+    from longpo.data import inspect
+
     print(inspect.inspect_pairs(args.dir, args.n, args.seed, args.width, args.chunk_chars))
     return 0
 
 
 def eval_compare(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="longpo eval compare",
+                                 description="the headline scores of two `longpo eval` runs side by side")
+    ap.add_argument("run_a", help="out_dir of the first `longpo eval` run (holds summary.json)")
+    ap.add_argument("run_b", help="out_dir of the second")
+    args = ap.parse_args(argv)
     from longpo.eval import report
 
-    if len(argv) != 2 or any(a.startswith("-") for a in argv):
-        raise InputError("usage: longpo eval compare RUN_A RUN_B   (out_dirs of two `longpo eval` runs)")
-    a, b = (report.load_summary(p) for p in argv)
-    print(report.compare(a, b, Path(argv[0]).name or argv[0], Path(argv[1]).name or argv[1]))
+    a, b = report.load_summary(args.run_a), report.load_summary(args.run_b)
+    print(report.compare(a, b, Path(args.run_a).name or args.run_a, Path(args.run_b).name or args.run_b))
     return 0
 
 
@@ -163,15 +199,19 @@ SUBCOMMANDS = {("generate", "merge"): generate_merge, ("generate", "inspect"): g
 
 
 def recipes_command(argv: list[str]) -> int:
-    if not argv:
+    ap = argparse.ArgumentParser(prog="longpo recipes", description=COMMANDS["recipes"])
+    actions = ap.add_subparsers(dest="action", metavar="[copy]")
+    copy = actions.add_parser("copy", help="write a packaged recipe out to edit (never overwrites)",
+                              description="write a packaged recipe out to edit (never overwrites)")
+    copy.add_argument("name", help="the recipe's name, as `longpo recipes` lists it (e.g. tiny, accelerate/zero3)")
+    copy.add_argument("dest", nargs="?", help="a file, or a folder to put it in (default: here)")
+    args = ap.parse_args(argv)
+    if args.action is None:
         print(recipes.listing())
         return 0
-    if argv[0] == "copy" and len(argv) in (2, 3) and not any(a.startswith("-") for a in argv[1:]):
-        target = recipes.copy(argv[1], argv[2] if len(argv) == 3 else None)
-        print(f"wrote {target} (edit it, then: --config {target})")
-        return 0
-    raise InputError("usage: longpo recipes            (list them)\n"
-                     "       longpo recipes copy NAME [DEST]   (write one out to edit; DEST: a file or folder)")
+    target = recipes.copy(args.name, args.dest)
+    print(f"wrote {target} (edit it, then: --config {target})")
+    return 0
 
 
 def plot_command(argv: list[str]) -> int:
@@ -191,20 +231,43 @@ RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command}
 # ------------------------------------------------------------------------------------- stages
 
 
+def check_model_path(stage: str, values: dict, sources: dict[str, str]) -> None:
+    """A stage's local model folder exists (and holds a config.json), named with where it was given."""
+    model = values.get("model")
+    if (stage not in MODEL_FOLDER_STAGES or not isinstance(model, str) or not model
+            or (stage == "train" and model == TINY) or values.get("backend") == "openai"):
+        return
+    try:
+        check_local(model)
+    except ModelPathError as e:
+        raise InputError(f"{source_of(sources, 'model') or 'config'}: {e}") from None
+
+
+def parse_config(stage: str, config_cls: type, path: str | None, overrides: list[str]) -> object:
+    """The stage's config from a YAML file / recipe and overrides, validated; imports no torch."""
+    values, sources, where = read_config(path, overrides)
+    try:
+        cfg = build_config(config_cls, values, where, sources=sources, keys_help=f"longpo {stage} --help")
+    except ConfigRuleError as e:  # a wrong model path first: rules such as train's "needs train_file" assume one
+        check_model_path(stage, values, sources)
+        raise InputError(str(e)) from e
+    except ValueError as e:  # an unknown key or a value of the wrong type
+        raise InputError(str(e)) from e
+    check_model_path(stage, values, sources)
+    return cfg
+
+
 def run_stage(stage: str, argv: list[str]) -> int:
-    """Parse a stage's config from argv and run its `main(cfg)` (or one of its sub-commands)."""
+    """Parse a stage's config from argv, then import the stage and run its `main(cfg)` (or a sub-command)."""
     if argv and (stage, argv[0]) in SUBCOMMANDS:
         return SUBCOMMANDS[stage, argv[0]](argv[1:])
-    module = importlib.import_module(STAGES[stage][0])
+    config_cls = importlib.import_module(STAGES[stage].config).Config
     config, overrides, wants_help = split_args(argv)
     if wants_help:
-        print(stage_help(stage, module))
+        print(stage_help(stage, config_cls, module_doc(STAGES[stage].module)))
         return 0
-    try:
-        cfg = load_config(module.Config, config, overrides)
-    except ValueError as e:  # ConfigError, and the stage config's own __post_init__ checks
-        raise InputError(str(e)) from e
-    return int(module.main(cfg) or 0)
+    cfg = parse_config(stage, config_cls, config, overrides)
+    return int(importlib.import_module(STAGES[stage].module).main(cfg) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage = argv[0]
     if stage not in STAGES and stage not in RUN_COMMANDS:
-        print(f"longpo: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(stage, [*STAGES, *RUN_COMMANDS], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        print(f"longpo: unknown stage {stage!r}{hint} (`longpo --help` lists the stages and commands)", file=sys.stderr)
         return 2
     setup_logging(verbose)
     try:
@@ -234,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"longpo {stage}: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # a sub-command's argparse: --help (0) or a usage error (2), as a return code
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
 
 
 if __name__ == "__main__":

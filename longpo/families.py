@@ -17,9 +17,11 @@ Anything else is refused in one line naming the feature, the family and what to 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from longpo.errors import InputError
+from longpo.paths import check_local
 
 # model_type -> the family name users know; each one is a row of the matrix test.
 SUPPORTED = {
@@ -137,3 +139,21 @@ def plain_attention(config: Any) -> str:
 def final_logit_softcap(config: Any) -> float | None:
     """Gemma's final logit softcapping (logits -> cap * tanh(logits / cap)); None for every other family."""
     return getattr(_text_config(config), "final_logit_softcapping", None)
+
+
+def check_model_folder(path: str | Path, backend: str = "hf", *, training: bool = False,
+                       attention_backend: str = "sdpa", rope_theta: float | None = None,
+                       max_position_embeddings: int | None = None) -> None:
+    """Before a stage reads anything: `path` is a local model folder whose family longpo computes exactly
+    for this use (`families.check_model`; only config.json is read). vLLM runs its own attention and
+    logits, so there only the RoPE override is checked; an OpenAI-compatible server is not checked here."""
+    if backend == "openai":
+        return
+    from transformers import AutoConfig  # here: stages check before they import torch
+
+    config = AutoConfig.from_pretrained(str(check_local(path)), trust_remote_code=False, local_files_only=True)
+    if backend == "vllm":
+        check_rope_override(config, rope_theta, max_position_embeddings)
+        return
+    check_model(config, training=training, attention_backend=attention_backend, rope_theta=rope_theta,
+                max_position_embeddings=max_position_embeddings)

@@ -17,7 +17,6 @@ the config BEFORE `from_pretrained`; editing a built model's config changes noth
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from longpo.errors import InputError
 from longpo.families import (
     UnsupportedModelError,
     check_model,
@@ -33,26 +31,9 @@ from longpo.families import (
     extended_rope_sets,
     plain_attention,
 )
+from longpo.paths import ModelPathError, check_local  # re-exported: `from longpo.models import check_local`
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
-
-class ModelPathError(InputError, FileNotFoundError):
-    """A model or tokenizer path that is not a local folder holding one."""
-
-
-def check_local(path: str | Path, what: str = "model", need: str = "config.json") -> Path:
-    """`path` as a local folder holding `need`; else a message saying a local folder is required."""
-    folder = Path(path)
-    if not folder.is_dir():
-        hint = (" (it looks like a hub id: download the model yourself and pass its folder)"
-                if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) else "")
-        raise ModelPathError(f"{what} {str(path)!r}: not a local {what} folder ({path} does not exist); longpo "
-                             f"loads models from local folders only and never downloads{hint}")
-    if need and not (folder / need).is_file():
-        raise ModelPathError(f"{what} {str(path)!r}: no {need} in this folder; give a folder written by "
-                             f"save_pretrained (config.json, *.safetensors, tokenizer files)")
-    return folder
 
 
 # ------------------------------------------------------------------------------------- RoPE
@@ -88,22 +69,6 @@ def load_config(path: str | Path, rope_theta: float | None = None,
     for key, value in rope_overrides(config, rope_theta, max_position_embeddings).items():
         setattr(config, key, value)
     return config
-
-
-def check_model_folder(path: str | Path, backend: str = "hf", *, training: bool = False,
-                       attention_backend: str = "sdpa", rope_theta: float | None = None,
-                       max_position_embeddings: int | None = None) -> None:
-    """Before a stage reads anything: `path` is a local model folder whose family longpo computes exactly
-    for this use (`families.check_model`; only config.json is read). vLLM runs its own attention and
-    logits, so there only the RoPE override is checked; an OpenAI-compatible server is not checked here."""
-    if backend == "openai":
-        return
-    config = AutoConfig.from_pretrained(str(check_local(path)), trust_remote_code=False, local_files_only=True)
-    if backend == "vllm":
-        check_rope_override(config, rope_theta, max_position_embeddings)
-        return
-    check_model(config, training=training, attention_backend=attention_backend, rope_theta=rope_theta,
-                max_position_embeddings=max_position_embeddings)
 
 
 def vllm_hf_overrides(path: str | Path, rope_theta: float | None = None,

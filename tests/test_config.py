@@ -30,13 +30,32 @@ def test_yaml_plus_overrides(tmp_path):
     assert isinstance(load_config(Cfg, path).inner.temperature, float)
 
 
-def test_unknown_key_names_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="unknown key.*'stepz'.*valid keys"):
+def test_unknown_key_suggests_the_closest_one_without_listing_every_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config: unknown key stepz; did you mean steps\? \(`--help` lists") as e:
         build_config(Cfg, {"stepz": 1})
+    assert "lengths" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"command line: unknown key inner.temprature; did you mean inner.temperature\?"):
+        load_config(Cfg, None, ["inner.temprature=1"], keys_help="longpo x --help")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Cfg, tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_errors_name_the_file_line_or_the_command_line(tmp_path):
+    """A key from the file is named by FILE:LINE; the same key overridden on the command line by the
+    command line, never by the file it overrides."""
+    path = tmp_path / "c.yaml"
+    path.write_text("name: hello\n# a comment\nsteps: many\ninner:\n  temperature: hot\n")
+    with pytest.raises(ConfigError, match=f"^{path}:3: steps='many' is not an integer$"):
+        load_config(Cfg, path, ["inner.temperature=1"])
+    with pytest.raises(ConfigError, match=f"^{path}:5: inner.temperature='hot' is not a number$"):
+        load_config(Cfg, path, ["steps=1"])
+    with pytest.raises(ConfigError, match="^command line: steps='abc' is not an integer$"):
+        load_config(Cfg, path, ["steps=abc", "inner.temperature=1"])
+    with pytest.raises(ConfigError, match=f"^{path}:1: unknown key nme; did you mean name\\?"):
+        path.write_text("nme: hello\n")
+        load_config(Cfg, path)
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):

@@ -53,9 +53,9 @@ def test_config_values_are_type_checked_with_the_key_named(override, text, earli
 
 def test_nested_config_values_are_checked_too(capsys):
     assert cli.main(["eval", "model=x", "ruler.lengths=[4096, big]"]) == 2
-    assert "ruler: lengths[1]='big' is not an integer" in one_line(capsys, "eval")
+    assert "command line: ruler.lengths[1]='big' is not an integer" in one_line(capsys, "eval")
     assert cli.main(["generate", "model=x", "corpus=y", "filters.min_words=few"]) == 2
-    assert "filters: min_words='few' is not an integer" in one_line(capsys, "generate")
+    assert "command line: filters.min_words='few' is not an integer" in one_line(capsys, "generate")
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
@@ -155,7 +155,7 @@ def test_generate_that_keeps_no_pair_exits_2_with_the_reasons(tmp_path, tokenize
 
     cfg = gen_cfg(tmp_path, min_doc_tokens=3000)  # every document is shorter
     monkeypatch.setattr(generate, "_make_backends", lambda cfg: (Scripted(tokenizer), None))
-    monkeypatch.setattr(generate, "check_local", lambda model: None)
+    monkeypatch.setattr(generate, "check_model_folder", lambda *args, **kwargs: None)
     assert cli.main(["generate", f"corpus={cfg.corpus}", f"output_dir={cfg.output_dir}", "model=served",
                      "backend=openai", "min_doc_tokens=3000", "progress=false"]) == 2
     line = one_line(capsys, "generate")

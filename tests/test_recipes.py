@@ -43,15 +43,27 @@ def test_an_unknown_name_lists_the_available_ones(tmp_path, monkeypatch, capsys)
     assert err.startswith("longpo train: config no-such-recipe does not exist") and "generate_tiny" in err
 
 
-def test_recipes_lists_every_recipe_with_its_first_header_line(capsys):
+def test_recipes_lists_every_recipe_with_its_whole_first_header_paragraph(capsys):
+    """The description is the header's first paragraph, wrapped under its column, never cut mid-sentence."""
     assert cli.main(["recipes"]) == 0
     out = capsys.readouterr().out
+    entries: dict[str, list[str]] = {}
+    for line in out.splitlines()[1:]:
+        if not line.startswith("    "):
+            name, _, text = line.strip().partition(" ")
+            entries[name] = [text]
+        else:
+            entries[name].append(line)
+        assert len(line) <= 100, line
+    assert set(entries) == set(recipes.recipe_files())
     for name, path in recipes.recipe_files().items():
-        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
         if path.suffix == ".yaml":
-            first = path.read_text().splitlines()[0].lstrip("# ").strip()
-            assert line.endswith(first), (name, line)
-    assert "deepspeed/zero3" in out and "read by accelerate/zero3" in out
+            header = path.read_text().split("\n#\n")[0]
+            paragraph = " ".join(header.replace("#", " ").split())
+            assert " ".join(" ".join(entries[name]).split()) == paragraph, name
+    assert "read by accelerate/zero3" in " ".join(entries["deepspeed/zero3"])
+    mistral_512k = " ".join(entries["mistral-7b-512k"])
+    assert "256K LongPO model" in mistral_512k and "(self-evolution)." in mistral_512k
 
 
 def test_recipes_copy_writes_an_editable_copy_and_never_overwrites(tmp_path, monkeypatch, capsys):

@@ -46,8 +46,8 @@ from longpo.data.stats import (
     summary,
 )
 from longpo.errors import InputError
+from longpo.families import check_model_folder
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_model_folder
 
 log = logging.getLogger("longpo.generate")
 PHASES = ("all", "short", "long")

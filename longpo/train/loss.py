@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSS_MODES = ("longpo", "sft", "dpo")
-NLL_MODES = ("full", "responses", "off")
+from longpo.train.config import LOSS_MODES, NLL_MODES  # noqa: F401 (re-exported; the config checks them without torch)
 
 
 @dataclass

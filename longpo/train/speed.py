@@ -36,30 +36,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from longpo.train.attention import set_attention
+from longpo.train.config import CHECKPOINT_MODES, check_speed_options  # noqa: F401 (re-exported)
 from longpo.train.packing import SharedPrefixLayout
 
-CHECKPOINT_MODES = ("off", "full", "every_k", "mlp")
 _WRAPPED = "_longpo_speed_wrapped"
 COMPILE_BACKEND = "inductor"  # tests on CPU swap in "aot_eager": inductor's C++ codegen takes minutes there
-
-
-def check_speed_options(cfg: Any) -> None:
-    """Validate the speed keys of a train config; messages say what to change."""
-    mode = cfg.activation_checkpointing
-    if mode not in CHECKPOINT_MODES:
-        raise ValueError(f"activation_checkpointing={mode!r}: choose one of {list(CHECKPOINT_MODES)}")
-    if cfg.checkpoint_every_k < 1:
-        raise ValueError(f"checkpoint_every_k={cfg.checkpoint_every_k} must be at least 1 "
-                         f"(1 checkpoints every layer, as activation_checkpointing: full)")
-    if cfg.gradient_checkpointing and mode != "off":
-        raise ValueError(f"gradient_checkpointing: true already recomputes every decoder layer (transformers' "
-                         f"own checkpointing); to use activation_checkpointing: {mode}, set gradient_checkpointing: "
-                         f"false (activation_checkpointing: full is the same as gradient_checkpointing: true)")
-    if cfg.gradient_checkpointing and cfg.offload_activations:
-        raise ValueError("offload_activations needs our checkpointing, not transformers': set gradient_checkpointing: "
-                         "false and activation_checkpointing: full (or every_k / mlp / off)")
-    if cfg.liger_kernels and cfg.sp_size > 1:
-        raise ValueError("liger_kernels with sp_size > 1 has not been checked: set liger_kernels: false, or sp_size: 1")
 
 
 def checkpoint_plan(num_layers: int, mode: str, every_k: int = 1) -> list[tuple[bool, bool]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,17 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from longpo.config import config_to_dict, help_field, write_resolved_config
+from longpo.config import config_to_dict, write_resolved_config
 from longpo.data.records import RECORD_SUFFIXES
 from longpo.data.released import is_released
 from longpo.data.sources import open_records
 from longpo.errors import InputError
+from longpo.families import check_model_folder
 from longpo.files import check_writable
 from longpo.fingerprint import guard, identity, remove
-from longpo.models import DTYPES, check_model_folder, load_model, load_tokenizer
+from longpo.models import load_model, load_tokenizer
 from longpo.toy.run import prepare_tiny_run, tiny_run_paths
-from longpo.train.attention import BACKENDS, DEFAULT_BACKEND
+from longpo.train.attention import DEFAULT_BACKEND
 from longpo.train.checkpoint import (
     export_model,
     load_checkpoint,
@@ -51,6 +52,7 @@ from longpo.train.checkpoint import (
     save_checkpoint,
     truncate_metrics,
 )
+from longpo.train.config import TINY, Config  # there, so `longpo train` checks it before torch loads
 from longpo.train.data import (
     epoch_order,
     filler_pair,
@@ -61,114 +63,14 @@ from longpo.train.data import (
 )
 from longpo.train.launch import make_accelerator, plain_init, prepare_reference
 from longpo.train.logps import ForwardOutput
-from longpo.train.loss import LOSS_MODES, NLL_MODES, PairLogps, combine_loss, preference_losses
+from longpo.train.loss import PairLogps, combine_loss, preference_losses
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
 from longpo.train.plots import plot_training
-from longpo.train.speed import apply_speed_options, check_speed_options
+from longpo.train.speed import apply_speed_options
 
 logger = logging.getLogger("longpo.train")
-
-OPTIMIZERS = ("rmsprop", "adamw", "sgd")
-SCHEDULERS = ("cosine", "constant")
-MIXED_PRECISION = ("no", "bf16", "fp16")
-TRACKERS = ("tensorboard", "wandb")
-TINY = "tiny"
-
-
-@dataclass(kw_only=True)
-class Config:
-    # model
-    model: str = help_field(TINY, "policy to train: a local Hugging Face model dir (safetensors), or 'tiny' to "
-                                  "build the built-in tiny model and data set in output_dir")
-    tokenizer: str | None = help_field(None, "tokenizer dir; default: the model dir")
-    dtype: str = help_field("float32", f"dtype the weights are loaded in: {sorted(DTYPES)} (keep float32 "
-                                       "master weights with bf16 mixed precision: lr 5e-7 vanishes in bf16)")
-    rope_theta: float | None = help_field(None, "new RoPE base for the POLICY only (paper: 1e7); None keeps it")
-    max_position_embeddings: int | None = help_field(None, "new max_position_embeddings of the policy")
-    attention_backend: str = help_field("auto", "shared-prefix attention: sdpa, flex, or auto (sdpa: measured faster than flex on an H200)")
-    sp_size: int = help_field(1, "sequence-parallel (Ulysses) ranks per sample; divides the number of processes, "
-                                 "the rest is data parallel (see README, Sequence parallel)")
-    gradient_checkpointing: bool = help_field(False, "recompute decoder layers in the backward (transformers' own; "
-                                                     "the same as activation_checkpointing: full)")
-    # speed options (longpo/train/speed.py; README, Speed options): off by default
-    activation_checkpointing: str = help_field("off", "what the backward recomputes: off, full (every decoder layer), "
-                                                      "every_k (layers 0, k, 2k, ...), mlp (each layer's MLP only)")
-    checkpoint_every_k: int = help_field(2, "k of activation_checkpointing: every_k")
-    offload_activations: bool = help_field(False, "keep what the decoder layers save for the backward in host memory")
-    compile_layers: bool = help_field(False, "torch.compile each decoder layer (dynamic lengths; attention stays eager)")
-    liger_kernels: bool = help_field(False, "Liger's fused RMSNorm / SwiGLU / RoPE (CUDA; pip install 'longpo[liger]')")
-    logp_chunk_size: int | None = help_field(None, "positions per lm_head chunk; None: from the vocab size")
-    # data
-    train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder) or a released "
-                                              "tokenized set (save_to_disk folder / Parquet, found by its "
-                                              "columns); built in output_dir when model is 'tiny'")
-    max_length: int = help_field(131072, "longest sequence (prefix + longer answer) trained on")
-    skip_overlong: bool = help_field(True, "skip and count longer pairs (their ids are logged); false: raise")
-    pairs_per_micro_batch: int = help_field(1, "pairs packed into one row per forward")
-    gradient_accumulation_steps: int = help_field(8, "micro-batches per rank per optimizer step")
-    num_epochs: int = help_field(1, "passes over the records")
-    max_steps: int = help_field(0, "stop after this many optimizer steps (0: all epochs); sets the schedule")
-    seed: int = help_field(42, "seed of the data order and of torch")
-    tiny_records: int = help_field(32, "records built for model=tiny")
-    # loss
-    loss: str = help_field("longpo", "longpo (reference = short prompt, from the records), dpo (reference = "
-                                     "frozen initial policy on the long prompt), sft (no preference term)")
-    nll_mode: str = help_field("full", "tokens of the chosen long sequence in the NLL: full, responses, off")
-    beta: float = help_field(0.01, "preference temperature beta")
-    lam: float = help_field(0.01, "weight lambda of the preference term")
-    nll_weight: float = help_field(1.0, "weight of the NLL term")
-    # optimizer
-    optimizer: str = help_field("rmsprop", f"one of {OPTIMIZERS} (the released runs use RMSprop)")
-    learning_rate: float = help_field(5e-7, "peak learning rate")
-    weight_decay: float = help_field(0.0, "weight decay")
-    lr_scheduler: str = help_field("cosine", f"one of {SCHEDULERS}, after linear warmup")
-    warmup_ratio: float = help_field(0.1, "fraction of the steps spent in linear warmup")
-    max_grad_norm: float = help_field(1.0, "gradient clipping norm (0: off)")
-    mixed_precision: str = help_field("no", f"one of {MIXED_PRECISION} (accelerate autocast / DeepSpeed bf16)")
-    # outputs
-    output_dir: str = help_field("runs/train", "checkpoints, metrics.jsonl, resolved config, final model")
-    export_dir: str | None = help_field(None, "final Hugging Face model dir; default output_dir/final")
-    save_steps: int = help_field(0, "checkpoint every this many steps and at the end (0: no checkpoints)")
-    keep_checkpoints: int = help_field(2, "newest complete checkpoints kept")
-    resume: str = help_field("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint dir")
-    report_to: list = help_field([], f"trackers besides metrics.jsonl: {list(TRACKERS)}")
-    progress_bar: bool = help_field(True, "tqdm bar with tokens/s and ETA")
-    overwrite: bool = help_field(False, "start over in output_dir: remove this stage's outputs there (checkpoints, "
-                                        "metrics, export) first; without it a rerun must use the same settings")
-
-    def __post_init__(self):
-        choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
-                   "dtype": tuple(DTYPES), "mixed_precision": MIXED_PRECISION,
-                   "attention_backend": ("auto",) + BACKENDS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
-        for name in ("sp_size", "max_length", "pairs_per_micro_batch", "gradient_accumulation_steps", "num_epochs",
-                     "tiny_records"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_steps", "save_steps", "keep_checkpoints", "beta", "lam", "nll_weight", "learning_rate",
-                     "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio} must lie in [0, 1)")
-        if self.model != TINY and not self.train_file:
-            raise ValueError(f"model={self.model!r} needs train_file=<records>; only model=tiny builds its own data")
-        if self.loss == "sft" and (self.nll_mode == "off" or self.nll_weight == 0):
-            raise ValueError("loss=sft trains on the NLL term alone: set nll_mode to full or responses and "
-                             "nll_weight > 0")
-        if self.loss != "sft" and self.lam == 0 and self.nll_weight == 0:
-            raise ValueError("lam=0 and nll_weight=0 leave nothing to train")
-        unknown = sorted(set(self.report_to) - set(TRACKERS))
-        if unknown:
-            raise ValueError(f"report_to: unknown tracker(s) {unknown}; choose from {list(TRACKERS)}")
-        if self.rope_theta is not None and self.rope_theta <= 0:
-            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
-        check_speed_options(self)
-
 
 def step_shape(cfg: Config, world: int) -> dict:
     """The optimizer step of `cfg` on `world` processes: pairs (micro-batch x accumulation x data-parallel

@@ -1,0 +1,67 @@
+"""`longpo evolve`'s config, importing neither torch nor transformers (`longpo evolve --help` and its
+config errors come from here, before the stages are imported; `longpo.evolve` re-exports it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from longpo.config import build_config, help_field
+from longpo.launcher import normalize_devices
+
+LAUNCH = ("processes", "inline")
+
+
+@dataclass(kw_only=True)
+class Iteration:
+    name: str = help_field(help="folder name of the iteration, e.g. 256k")
+    generate: dict = help_field({}, "`longpo generate` keys (model and output_dir are set here)")
+    reference: dict = help_field({}, "`longpo reference` keys, used when generate has reference: false")
+    train: dict = help_field({}, "`longpo train` keys (model, train_file, output_dir are set here)")
+    eval: dict = help_field({}, "`longpo eval` keys (model and out_dir are set here)")
+    accelerate_config: str | None = help_field(None, "train with `accelerate launch --config_file` this file "
+                                                     "or packaged recipe (e.g. accelerate/zero3); None: torchrun (DDP)")
+
+
+@dataclass(kw_only=True)
+class Config:
+    base_model: str = help_field(help="the starting short-context model (a local folder)")
+    output_dir: str = help_field("runs/evolve", "one folder per iteration, plus evolve.md / evolve.json")
+    eval_base: bool = help_field(True, "evaluate the starting model with the first iteration's eval keys, at the "
+                                       "lengths it holds (the rest listed as skipped)")
+    iterations: list = help_field([], "list of iterations: {name, generate, reference, train, eval, "
+                                      "accelerate_config}")
+    devices: Any = help_field(1, "GPUs of one node: a count (8) or ids ([0, 1, 2, 3]); on a machine without GPUs "
+                                 "the same number of CPU worker processes (gloo for train)")
+    nodes: int = help_field(1, "nodes of the train stage (generate / reference / eval use the driver's node)")
+    launcher: str = help_field("", "template that starts the per-node train command on every node, e.g. "
+                                   "'srun --nodes={nodes} --ntasks-per-node=1 {command}'; empty: run it here")
+    rdzv_endpoint: str = help_field("", "host:port of the rendezvous when nodes > 1, e.g. $MASTER_ADDR:29500")
+    master_port: int = help_field(0, "port of a one-node train launch; 0: torchrun --standalone picks a free one")
+    launch: str = help_field("processes", "processes: every stage as its own processes (the driver); inline: in "
+                                          "this process, one device (library use, the CPU demo)")
+    dry_run: bool = help_field(False, "resolve and validate every stage's config, topology and command lines; "
+                                      "print the plan and run nothing")
+    overwrite: bool = help_field(False, "start over in output_dir: remove every iteration's folders there first; "
+                                        "without it a rerun must use the same settings")
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise ValueError("base_model= is required")
+        if not self.iterations:
+            raise ValueError("iterations: give at least one {name, generate, train, eval}")
+        self.iterations = [it if isinstance(it, Iteration) else build_config(Iteration, it, f"iterations[{i}]")
+                           for i, it in enumerate(self.iterations)]
+        names = [it.name for it in self.iterations]
+        if len(set(names)) != len(names) or "base" in names:
+            raise ValueError(f"iteration names must be unique and not 'base': {names}")
+        if self.launch not in LAUNCH:
+            raise ValueError(f"launch={self.launch!r}: choose one of {list(LAUNCH)}")
+        self.devices = normalize_devices(self.devices)
+        if self.nodes < 1:
+            raise ValueError(f"nodes={self.nodes} must be at least 1")
+        if self.nodes > 1 and not (self.launcher and self.rdzv_endpoint):
+            raise ValueError(f"nodes={self.nodes}: set launcher= (e.g. 'srun --nodes={{nodes}} --ntasks-per-node=1 "
+                             "{command}') and rdzv_endpoint=<head node>:29500")
+        if self.launch == "inline" and (len(self.devices) > 1 or self.nodes > 1):
+            raise ValueError("launch=inline runs every stage in this process on one device; use launch=processes")
