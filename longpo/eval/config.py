@@ -77,6 +77,20 @@ class InfiniteBenchConfig:
 
 
 @dataclass(kw_only=True)
+class LongBenchV2Config:
+    enabled: bool = help_field(True, "run LongBench v2 when `data` is set")
+    data: str | None = help_field(None, "LongBench v2's released data.json (or a folder holding it); unset: not run")
+    max_length: int = help_field(120000, "the filled prompt is cut in the middle to this many tokens, no room kept for "
+                                 "the answer (pred.py with model2maxlen.json's 120000)")
+    num_samples: int = help_field(-1, "questions (-1: all, in file order)")
+
+    def __post_init__(self) -> None:
+        self.max_length = int(self.max_length)
+        if self.max_length < 2:
+            raise ValueError(f"longbench_v2.max_length={self.max_length} must be at least 2 tokens")
+
+
+@dataclass(kw_only=True)
 class ShortConfig:
     enabled: bool = help_field(False, "run short-context tasks through lm-evaluation-harness (needs lm-eval)")
     tasks: dict = help_field({"mmlu": 5, "arc_challenge": 25, "hellaswag": 10, "winogrande": 5}, "lm-eval task -> number of few-shot examples (the paper's settings by default)")
@@ -125,6 +139,7 @@ class Config:
     progress: bool = help_field(True, "show progress bars")
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
+    longbench_v2: LongBenchV2Config = help_field(default_factory=LongBenchV2Config, help="LongBench v2 settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
     toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
     mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")

@@ -30,6 +30,8 @@ RULER_GROUPS["AVG"] = [t for members in RULER_GROUPS.values() for t in members]
 IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
 # secondary metrics (`extra` of a task result), shown beside the official ones and left out of every average
 IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
+LB2_LABELS = {"overall": "Overall", "easy": "Easy", "hard": "Hard", "short": "Short", "medium": "Medium",
+              "long": "Long"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
 
 
@@ -69,6 +71,12 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
         extra = {f"{r['task']}_{k}": v for r in results if r.get("suite") == "infinitebench"
                  for k, v in r.get("extra", {}).items()}
         summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values())), **extra}
+    lb2 = [r for r in results if r.get("suite") == "longbench_v2"]
+    if lb2:
+        # result.py's table: accuracy overall, by difficulty and by length, each rounded to 1 decimal
+        r = lb2[0]
+        summary["longbench_v2"] = {"overall": round(r["score"], 1), "n": r["n"],
+                                   **{k: round(v, 1) for k, v in r.get("extra", {}).items()}}
     if short:
         summary["short"] = {**short, "avg": _mean(list(short.values()))}
     toy = {toy_label(r["length"]): r["score"] for r in results if r.get("suite") == "toy"}
@@ -125,6 +133,11 @@ def to_markdown(summary: dict, title: str = "") -> str:
         if extras:
             parts.append("Beside the official numbers (not in Avg): "
                          + ", ".join(f"{IB_EXTRA_LABELS[k]} {_fmt(ib[k])}" for k in extras))
+    if "longbench_v2" in summary:
+        lb = summary["longbench_v2"]
+        keys = [k for k in LB2_LABELS if k in lb]
+        parts += ["## LongBench v2", _md_table([LB2_LABELS[k] for k in keys], [[_fmt(lb[k]) for k in keys]]),
+                  f"{lb['n']} questions, accuracy (%) as THUDM/LongBench result.py"]
     if "short" in summary:
         sh = summary["short"]
         keys = [k for k in sh if k != "avg"]
@@ -200,6 +213,9 @@ def headline(summary: dict) -> dict[str, float | None]:
     for key, label in IB_EXTRA_LABELS.items():
         if key in summary.get("infinitebench", {}):
             flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
+    for key, label in LB2_LABELS.items():
+        if key in summary.get("longbench_v2", {}):
+            flat[f"LongBench v2 {label}"] = summary["longbench_v2"][key]
     for key, value in summary.get("short", {}).items():
         flat[f"short {SHORT_LABELS.get(key, key)}"] = value
     for key, value in summary.get("toy", {}).items():
