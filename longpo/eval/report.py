@@ -1,5 +1,8 @@
 """Summaries in the paper's layout: RULER groups per length, InfiniteBench, short-context; and `compare`.
 
+Beside them: HELMET (json_kv, the RAG tasks and their mean; substring exact match) and LongBench v2
+(accuracy overall, easy / hard, short / medium / long, rounded to 1 decimal as its result.py).
+
 RULER groups (as in the LongPO paper): NIAH = mean of the 8 niah tasks, VT, AGG = mean(cwe, fwe),
 QA = mean(qa_1, qa_2), AVG = plain mean of the 13 tasks; each per length and averaged over lengths.
 A group with members missing (skipped for lack of data) is the mean of those present and is marked

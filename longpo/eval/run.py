@@ -1,4 +1,5 @@
-"""`longpo eval`: RULER, InfiniteBench, short-context tasks and LLM-judged MT-Bench / LongBench-Chat.
+"""`longpo eval`: RULER, InfiniteBench, HELMET recall / RAG, LongBench v2, short-context tasks and LLM-judged
+MT-Bench / LongBench-Chat.
 
     longpo eval --config eval_tiny model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo

@@ -149,3 +149,28 @@ def test_report_has_helmet_columns(tmp_path, tokenizer, kv_file, kilt, scripted_
     md = to_markdown(summary)
     assert "## HELMET\n\n| JSON KV | NQ | RAG avg |\n|---|---|---|\n| 100.0 | 0.0 | 0.0 |" in md
     assert "HELMET JSON KV" in compare(summary, summary)
+
+
+def test_config_builds_the_given_tasks_only(tokenizer, kv_file, kilt, tmp_path):
+    """`longpo eval` runs a HELMET task or LongBench v2 only when its file is given; the rest are not listed."""
+    from longpo.eval.run import (
+        Config,
+        HelmetConfig,
+        InfiniteBenchConfig,
+        LongBenchV2Config,
+        RulerConfig,
+        build_tasks,
+    )
+
+    test, demo, _ = kilt
+    lb2 = tmp_path / "data.json"
+    lb2.write_text(json.dumps([{"_id": "a", "domain": "d", "sub_domain": "s", "difficulty": "easy", "length": "short",
+                                "question": "q", "choice_A": "1", "choice_B": "2", "choice_C": "3", "choice_D": "4",
+                                "answer": "A", "context": "c"}]))
+    cfg = Config(model="m", ruler=RulerConfig(enabled=False), infinitebench=InfiniteBenchConfig(enabled=False),
+                 helmet=HelmetConfig(files={"json_kv": str(kv_file), "nq": str(test)}, demos={"nq": str(demo)}),
+                 longbench_v2=LongBenchV2Config(data=str(lb2)))
+    tasks, sweep, skipped = build_tasks(cfg, PromptFormat(tokenizer))
+    assert [t.name for t in tasks] == ["helmet/json_kv", "helmet/nq", "longbench_v2/0shot"] and not skipped
+    with pytest.raises(ValueError, match="helmet.tasks: unknown"):
+        HelmetConfig(tasks=["msmarco"])
