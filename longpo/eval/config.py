@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from longpo.config import help_field
 from longpo.eval.judge import JudgeConfig
+from longpo.eval.tasks.helmet import TASKS as HELMET_TASKS
 from longpo.eval.tasks.infinitebench import TASKS, TRUNCATIONS
 from longpo.eval.tasks.longbench_chat import LongBenchChatConfig
 from longpo.eval.tasks.mtbench import MTBenchConfig
@@ -77,6 +78,42 @@ class InfiniteBenchConfig:
 
 
 @dataclass(kw_only=True)
+class LongBenchV2Config:
+    enabled: bool = help_field(True, "run LongBench v2 when `data` is set")
+    data: str | None = help_field(None, "LongBench v2's released data.json (or a folder holding it); unset: not run")
+    max_length: int = help_field(120000, "the filled prompt is cut in the middle to this many tokens, no room kept for "
+                                 "the answer (pred.py with model2maxlen.json's 120000)")
+    num_samples: int = help_field(-1, "questions (-1: all, in file order)")
+
+    def __post_init__(self) -> None:
+        self.max_length = int(self.max_length)
+        if self.max_length < 2:
+            raise ValueError(f"longbench_v2.max_length={self.max_length} must be at least 2 tokens")
+
+
+@dataclass(kw_only=True)
+class HelmetConfig:
+    enabled: bool = help_field(True, "run the HELMET tasks whose files are given (data_dir or files)")
+    tasks: list[str] = help_field(list(HELMET_TASKS), "HELMET tasks: json_kv (recall), nq, triviaqa, hotpotqa, "
+                                  "popqa (RAG)")
+    data_dir: str | None = help_field(None, "HELMET's data/ folder as scripts/download_data.sh unpacks it (json_kv/, kilt/)")
+    files: dict = help_field({}, "per-task test file overrides, e.g. {nq: /data/nq.jsonl}")
+    demos: dict = help_field({}, "per-task demo file overrides of the RAG tasks")
+    max_length: int = help_field(131072, "input_max_length: prompt + generation; the context is cut at its end to fit")
+    num_samples: int = help_field(100, "max_test_samples (-1: all)")
+    shots: int = help_field(2, "in-context demos")
+    seed: int = help_field(42, "seed of the sample and demo draws")
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in HELMET_TASKS]
+        if unknown:
+            raise ValueError(f"helmet.tasks: unknown {unknown}; choose from {list(HELMET_TASKS)}")
+        self.max_length = int(self.max_length)
+        if self.shots < 0:
+            raise ValueError(f"helmet.shots={self.shots} must be >= 0")
+
+
+@dataclass(kw_only=True)
 class ShortConfig:
     enabled: bool = help_field(False, "run short-context tasks through lm-evaluation-harness (needs lm-eval)")
     tasks: dict = help_field({"mmlu": 5, "arc_challenge": 25, "hellaswag": 10, "winogrande": 5}, "lm-eval task -> number of few-shot examples (the paper's settings by default)")
@@ -125,6 +162,8 @@ class Config:
     progress: bool = help_field(True, "show progress bars")
     ruler: RulerConfig = help_field(default_factory=RulerConfig, help="RULER settings")
     infinitebench: InfiniteBenchConfig = help_field(default_factory=InfiniteBenchConfig, help="InfiniteBench settings")
+    longbench_v2: LongBenchV2Config = help_field(default_factory=LongBenchV2Config, help="LongBench v2 settings")
+    helmet: HelmetConfig = help_field(default_factory=HelmetConfig, help="HELMET recall and RAG settings")
     short: ShortConfig = help_field(default_factory=ShortConfig, help="short-context (lm-eval) settings")
     toy: ToyConfig = help_field(default_factory=ToyConfig, help="toy fact-lookup settings")
     mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")

@@ -1,5 +1,8 @@
 """Summaries in the paper's layout: RULER groups per length, InfiniteBench, short-context; and `compare`.
 
+Beside them: HELMET (json_kv, the RAG tasks and their mean; substring exact match) and LongBench v2
+(accuracy overall, easy / hard, short / medium / long, rounded to 1 decimal as its result.py).
+
 RULER groups (as in the LongPO paper): NIAH = mean of the 8 niah tasks, VT, AGG = mean(cwe, fwe),
 QA = mean(qa_1, qa_2), AVG = plain mean of the 13 tasks; each per length and averaged over lengths.
 A group with members missing (skipped for lack of data) is the mean of those present and is marked
@@ -30,6 +33,9 @@ RULER_GROUPS["AVG"] = [t for members in RULER_GROUPS.values() for t in members]
 IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
 # secondary metrics (`extra` of a task result), shown beside the official ones and left out of every average
 IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
+HELMET_LABELS = {"json_kv": "JSON KV", "nq": "NQ", "triviaqa": "TriviaQA", "hotpotqa": "HotpotQA", "popqa": "PopQA"}
+LB2_LABELS = {"overall": "Overall", "easy": "Easy", "hard": "Hard", "short": "Short", "medium": "Medium",
+              "long": "Long"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
 
 
@@ -69,6 +75,17 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
         extra = {f"{r['task']}_{k}": v for r in results if r.get("suite") == "infinitebench"
                  for k, v in r.get("extra", {}).items()}
         summary["infinitebench"] = {**ib, "avg": _mean(list(ib.values())), **extra}
+    helmet = {r["task"]: r["score"] for r in results if r.get("suite") == "helmet"}
+    if helmet:
+        rag = [helmet[t] for t in ("nq", "triviaqa", "hotpotqa", "popqa") if t in helmet]
+        summary["helmet"] = {**helmet, **({"recall": helmet["json_kv"]} if "json_kv" in helmet else {}),
+                             **({"rag": _mean(rag)} if rag else {})}
+    lb2 = [r for r in results if r.get("suite") == "longbench_v2"]
+    if lb2:
+        # result.py's table: accuracy overall, by difficulty and by length, each rounded to 1 decimal
+        r = lb2[0]
+        summary["longbench_v2"] = {"overall": round(r["score"], 1), "n": r["n"],
+                                   **{k: round(v, 1) for k, v in r.get("extra", {}).items()}}
     if short:
         summary["short"] = {**short, "avg": _mean(list(short.values()))}
     toy = {toy_label(r["length"]): r["score"] for r in results if r.get("suite") == "toy"}
@@ -125,6 +142,17 @@ def to_markdown(summary: dict, title: str = "") -> str:
         if extras:
             parts.append("Beside the official numbers (not in Avg): "
                          + ", ".join(f"{IB_EXTRA_LABELS[k]} {_fmt(ib[k])}" for k in extras))
+    if "helmet" in summary:
+        he = summary["helmet"]
+        keys = [k for k in HELMET_LABELS if k in he] + [k for k in ("rag",) if k in he]
+        parts += ["## HELMET", _md_table([HELMET_LABELS.get(k, "RAG avg") for k in keys], [[_fmt(he[k]) for k in keys]]),
+                  "substring exact match (%) as princeton-nlp/HELMET; Recall = JSON KV here (HELMET's Recall also "
+                  "averages RULER niah_mk_2, niah_mk_3, niah_mv, reported in the RULER table)"]
+    if "longbench_v2" in summary:
+        lb = summary["longbench_v2"]
+        keys = [k for k in LB2_LABELS if k in lb]
+        parts += ["## LongBench v2", _md_table([LB2_LABELS[k] for k in keys], [[_fmt(lb[k]) for k in keys]]),
+                  f"{lb['n']} questions, accuracy (%) as THUDM/LongBench result.py"]
     if "short" in summary:
         sh = summary["short"]
         keys = [k for k in sh if k != "avg"]
@@ -200,6 +228,12 @@ def headline(summary: dict) -> dict[str, float | None]:
     for key, label in IB_EXTRA_LABELS.items():
         if key in summary.get("infinitebench", {}):
             flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
+    for key, label in {**HELMET_LABELS, "rag": "RAG avg"}.items():
+        if key in summary.get("helmet", {}):
+            flat[f"HELMET {label}"] = summary["helmet"][key]
+    for key, label in LB2_LABELS.items():
+        if key in summary.get("longbench_v2", {}):
+            flat[f"LongBench v2 {label}"] = summary["longbench_v2"][key]
     for key, value in summary.get("short", {}).items():
         flat[f"short {SHORT_LABELS.get(key, key)}"] = value
     for key, value in summary.get("toy", {}).items():

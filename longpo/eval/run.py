@@ -1,4 +1,5 @@
-"""`longpo eval`: RULER, InfiniteBench, short-context tasks and LLM-judged MT-Bench / LongBench-Chat.
+"""`longpo eval`: RULER, InfiniteBench, HELMET recall / RAG, LongBench v2, short-context tasks and LLM-judged
+MT-Bench / LongBench-Chat.
 
     longpo eval --config eval_tiny model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
@@ -23,7 +24,9 @@ from longpo.eval.config import (  # noqa: F401 (re-exported; there, `longpo eval
     PAPER_LENGTHS,
     RULER_TASKS,
     Config,
+    HelmetConfig,
     InfiniteBenchConfig,
+    LongBenchV2Config,
     RulerConfig,
     ShortConfig,
     ToyConfig,
@@ -34,7 +37,9 @@ from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
+from longpo.eval.tasks import helmet
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
+from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
 from longpo.eval.tasks.ruler import RulerData, RulerTask
 from longpo.eval.tasks.toy import SHORT, FactQA
 from longpo.families import check_model_folder
@@ -53,6 +58,9 @@ def check_rerun(cfg: Config) -> None:
     r, ib, s = cfg.ruler, cfg.infinitebench, cfg.short
     paths = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
              "infinitebench.data_dir": ib.data_dir, "short.include_path": s.include_path,
+             "longbench_v2.data": cfg.longbench_v2.data, "helmet.data_dir": cfg.helmet.data_dir,
+             **{f"helmet.files.{k}": v for k, v in cfg.helmet.files.items()},
+             **{f"helmet.demos.{k}": v for k, v in cfg.helmet.demos.items()},
              **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
              **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
     if cfg.backend != "openai":
@@ -85,7 +93,10 @@ def check_inputs(cfg: Config) -> None:
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
     r, ib = cfg.ruler, cfg.infinitebench
     given = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
-             "infinitebench.data_dir": ib.data_dir, **{f"infinitebench.files.{k}": v for k, v in ib.files.items()}}
+             "infinitebench.data_dir": ib.data_dir, **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
+             "longbench_v2.data": cfg.longbench_v2.data, "helmet.data_dir": cfg.helmet.data_dir,
+             **{f"helmet.files.{k}": v for k, v in cfg.helmet.files.items()},
+             **{f"helmet.demos.{k}": v for k, v in cfg.helmet.demos.items()}}
     absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
     if absent:
         raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
@@ -95,6 +106,10 @@ def check_inputs(cfg: Config) -> None:
     wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
     if cfg.infinitebench.enabled and (cfg.infinitebench.data_dir is not None or cfg.infinitebench.files):
         wanted[f"infinitebench.max_length={cfg.infinitebench.max_length}"] = cfg.infinitebench.max_length
+    if helmet_files(cfg):
+        wanted[f"helmet.max_length={cfg.helmet.max_length}"] = cfg.helmet.max_length
+    if cfg.longbench_v2.enabled and cfg.longbench_v2.data:
+        wanted[f"longbench_v2.max_length={cfg.longbench_v2.max_length}"] = cfg.longbench_v2.max_length
     too_long = [k for k, n in wanted.items() if n > limit]
     if too_long:
         raise InputError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
@@ -118,6 +133,14 @@ def skip_beyond_max_positions(cfg: Config) -> list[dict]:
         skipped += [{"task": f"infinitebench/{name}", "reason": f"infinitebench.max_length={ib.max_length} is "
                      + reason} for name in ib.tasks]
         ib.enabled = False
+    if helmet_files(cfg) and cfg.helmet.max_length > limit:
+        skipped += [{"task": f"helmet/{name}", "reason": f"helmet.max_length={cfg.helmet.max_length} is " + reason}
+                    for name in helmet_files(cfg)]
+        cfg.helmet.enabled = False
+    lb = cfg.longbench_v2
+    if lb.enabled and lb.data and lb.max_length > limit:
+        skipped.append({"task": "longbench_v2/0shot", "reason": f"longbench_v2.max_length={lb.max_length} is " + reason})
+        lb.enabled = False
     return skipped
 
 
@@ -152,6 +175,25 @@ def make_backend(cfg: Config) -> Any:
     return backends.make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
 
 
+GIVEN_DATA = ("infinitebench/", "longbench_v2/", "helmet/")
+
+
+def helmet_files(cfg: Config) -> dict[str, tuple[Path, Path | None]]:
+    """HELMET task -> (test file, demo file) for the enabled tasks whose test file is given; the rest do not run."""
+    h = cfg.helmet
+    if not h.enabled:
+        return {}
+    root = Path(h.data_dir) if h.data_dir else None
+    out = {}
+    for name in h.tasks:
+        path = h.files.get(name) or (root / helmet.DEFAULT_FILES[name] if root else None)
+        if path is None:
+            continue
+        demo = h.demos.get(name) or (root / helmet.DEFAULT_DEMOS[name] if root and name in helmet.DEFAULT_DEMOS else None)
+        out[name] = (Path(path), Path(demo) if demo else None)
+    return out
+
+
 def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
     """(main tasks, depth-sweep tasks, skipped) - a task whose data or length does not work is skipped with its reason."""
     tasks, sweep, skipped = [], [], []
@@ -163,9 +205,9 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                 task.fitted_size()  # size the haystack now: a length too short for a task shows up here
             into.append(task)
         except (DataMissing, PromptTooLong) as e:
-            # infinitebench data is always a configured path (unset: skipped below, not "missing")
+            # these suites read only configured paths (unset: skipped or not run, never "missing")
             skipped.append({"task": name, "reason": str(e),
-                            "missing": isinstance(e, DataMissing) and name.startswith("infinitebench/")})
+                            "missing": isinstance(e, DataMissing) and name.startswith(GIVEN_DATA)})
 
     r = cfg.ruler
     data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
@@ -191,6 +233,13 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
             add(tasks, f"infinitebench/{name}",
                 lambda name=name, path=path: InfiniteBenchTask(
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
+    h = cfg.helmet
+    for name, (path, demo) in helmet_files(cfg).items():
+        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: helmet.HelmetTask(
+            name, path, fmt, demo, h.max_length, h.num_samples, h.shots, h.seed))
+    lb = cfg.longbench_v2
+    if lb.enabled and lb.data:
+        add(tasks, "longbench_v2/0shot", lambda: LongBenchV2Task(lb.data, fmt, lb.max_length, lb.num_samples))
     t = cfg.toy
     if t.enabled:
         for length in ([SHORT] if t.short else []) + t.lengths:
@@ -210,7 +259,8 @@ def main(cfg: Config) -> int:
     backend = LazyBackend(cfg)  # loaded once, and only when something needs generating
     try:
         sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-        generative = (cfg.ruler.enabled, cfg.infinitebench.enabled, cfg.toy.enabled)
+        generative = (cfg.ruler.enabled, cfg.infinitebench.enabled, cfg.toy.enabled,
+                      cfg.longbench_v2.enabled and bool(cfg.longbench_v2.data), bool(helmet_files(cfg)))
         judged_on = (cfg.mt_bench.enabled or cfg.longbench_chat.enabled) and cfg.num_shards == 1
         if any(generative) or judged_on:
             fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)

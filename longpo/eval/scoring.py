@@ -6,8 +6,10 @@ Official behaviour followed (read from the public code; re-implemented here):
   prediction first goes through `postprocess_pred` (strip, control characters \\x00-\\x1f turned
   into newlines, strip again). `string_match_all` (niah, vt, cwe, fwe) is the share of references
   found in the prediction, `string_match_part` (qa) is 1 when any reference is found; both
-  compare lower-cased strings. A task's score is the mean x 100 rounded to two decimals
-  (`ruler_task_score`).
+  compare lower-cased strings. The public functions take one example and apply the clean-up and the
+  official rounding themselves, so `string_match_all(p, refs)` equals the official
+  `string_match_all([postprocess_pred(p)], [refs])`; a task's score is the mean of the unrounded
+  per-example scores, rounded to two decimals once (`ruler_task_score`), as `evaluate.py` does.
 - InfiniteBench (OpenBMB/InfiniteBench `src/compute_scores.py`):
   En.Sum `get_score_one_longbook_sum_eng`: ROUGE-Lsum F1 of the `evaluate` "rouge" metric on the raw
   texts, i.e. `rouge_score` without stemming, where a "sentence" is a line (text between newlines);
@@ -41,24 +43,30 @@ def postprocess_pred(prediction: str) -> str:
     return _CONTROL.sub("\n", prediction.strip()).strip()
 
 
-def string_match_all(prediction: str, references: list[str]) -> float:
-    """100 x (references found in the prediction, case-insensitive) / (references), for one example."""
+def string_match_all(prediction: str, references: list[str], *, rounded: bool = True) -> float:
+    """RULER's `string_match_all` of one example: the prediction goes through `postprocess_pred`, then
+    100 x (references found in it, case-insensitive) / (references), rounded to 2 decimals as
+    `string_match_all([prediction], [references])` returns it. `rounded=False` gives the exact share, for a
+    task's mean (`ruler_task_score` rounds once, after averaging, as the official evaluator does)."""
     if not references:
         raise ValueError("string_match_all needs at least one reference")
-    pred = prediction.lower()
-    return 100.0 * sum(r.lower() in pred for r in references) / len(references)
+    pred = postprocess_pred(prediction).lower()
+    score = 100.0 * sum(r.lower() in pred for r in references) / len(references)
+    return round(score, 2) if rounded else score
 
 
-def string_match_part(prediction: str, references: list[str]) -> float:
-    """100 if any reference is in the prediction (case-insensitive), for one example."""
+def string_match_part(prediction: str, references: list[str], *, rounded: bool = True) -> float:
+    """RULER's `string_match_part` of one example: 100 if any reference is in the `postprocess_pred`-ed
+    prediction (case-insensitive). Always 0 or 100, so `rounded` only mirrors `string_match_all`."""
     if not references:
         raise ValueError("string_match_part needs at least one reference")
-    pred = prediction.lower()
-    return 100.0 * max(r.lower() in pred for r in references)
+    pred = postprocess_pred(prediction).lower()
+    score = 100.0 * max(r.lower() in pred for r in references)
+    return round(score, 2) if rounded else score
 
 
 def ruler_task_score(scores: list[float]) -> float:
-    """A RULER task's reported score: the mean of the per-example scores (0-100), rounded to 2 decimals."""
+    """A RULER task's reported score: the mean of the unrounded per-example scores (0-100), rounded to 2 decimals."""
     return round(sum(scores) / len(scores), 2) if scores else float("nan")
 
 

@@ -61,6 +61,29 @@ def test_ruler_task_score_rounds_the_mean_to_two_decimals():
     assert ruler_task_score([0.0]) == 0.0
 
 
+def test_public_ruler_scorers_clean_up_and_round_as_the_official_evaluator():
+    """evaluate.py postprocess_pred runs before constants.py's metric, and the metric returns round(score, 2):
+    the bare scorer must do both. ' paris' is stripped to 'paris', which no longer holds the reference ' paris';
+    the tab of 'x\tY' becomes a newline, so 'x\ty' is not in 'x\ny' - official score 0, not 100. Two of three
+    references found is 66.6667 exactly and 66.67 officially, in string_match_all per example and in a task's
+    string_match_part mean over three examples."""
+    assert string_match_all(" paris", [" paris"]) == 0.0
+    assert string_match_part(" paris", [" paris"]) == 0.0
+    assert string_match_all("x\tY", ["x\ty"]) == 0.0
+    assert string_match_part("x\tY", ["x\ty"]) == 0.0
+    assert string_match_all("a and b", ["a", "b", "z"]) == 66.67
+    assert string_match_all("a and b", ["a", "b", "z"], rounded=False) == pytest.approx(200 / 3, abs=1e-12)
+    part = [string_match_part(p, ["paris"], rounded=False) for p in ("Paris", " paris\n", "Rome")]
+    assert ruler_task_score(part) == 66.67
+
+
+def test_ruler_task_rounds_once_after_the_mean():
+    """constants.py rounds the task mean, not each example: examples scoring 2/3 and 0 give round(33.333, 2) =
+    33.33; rounding each first would give mean(66.67, 0) = 33.335 -> 33.34 (or 33.33 by float luck)."""
+    scores = [string_match_all(p, ["a", "b", "c"], rounded=False) for p in ("a b", "none")]
+    assert ruler_task_score(scores) == 33.33
+
+
 # --------------------------------------------------------------------------------------------- En.QA
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from longpo.eval import haystack as hs
 from longpo.eval.fitting import PromptFormat, PromptTooLong, fit_size
-from longpo.eval.scoring import postprocess_pred, ruler_task_score, string_match_all, string_match_part
+from longpo.eval.scoring import ruler_task_score, string_match_all, string_match_part
 
 TEMPLATES = {
     "niah": (
@@ -424,7 +424,7 @@ class RulerTask:
 
     def score(self, example: dict, prediction: str) -> float:
         fn = string_match_part if self.metric == "string_match_part" else string_match_all
-        return fn(postprocess_pred(prediction), example["answers"])
+        return fn(prediction, example["answers"], rounded=False)  # rounded once, in aggregate
 
     def aggregate(self, scores: list[float]) -> float:
         return ruler_task_score(scores)
