@@ -53,18 +53,20 @@ class StepSums:
         values = torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64, device=device)
         return StepSums(*reduce_sum(values, mesh).tolist())
 
-    def metrics(self, preference: bool) -> dict:
-        """Step means; the reward metrics only when the loss has a preference term."""
+    def metrics(self, names: tuple[str, ...]) -> dict:
+        """Step means: loss and nll always, then the loss mode's `names` (its `LossMode.metrics`)."""
         pairs = max(self.pairs, 1.0)
         out = {"loss": self.loss, "nll": self.nll_sum / self.nll_tokens if self.nll_tokens else 0.0}
-        if preference:
-            out.update({
-                "pref_loss": self.pref_sum / pairs,
-                "rewards/chosen": self.chosen_rewards / pairs,
-                "rewards/rejected": self.rejected_rewards / pairs,
-                "rewards/accuracy": self.correct / pairs,
-                "rewards/margin": (self.chosen_rewards - self.rejected_rewards) / pairs,
-            })
+        means = {
+            "pref_loss": self.pref_sum / pairs,
+            "rewards/chosen": self.chosen_rewards / pairs,
+            "rewards/rejected": self.rejected_rewards / pairs,
+            "rewards/accuracy": self.correct / pairs,
+            "rewards/margin": (self.chosen_rewards - self.rejected_rewards) / pairs,
+        }
+        unknown = sorted(set(names) - set(means))
+        assert not unknown, f"metrics {unknown} are not summed by StepSums; known: {sorted(means)}"
+        out.update({name: means[name] for name in names})
         return out | {"pairs": int(self.pairs), "tokens": int(self.tokens), "skipped_overlong": int(self.skipped)}
 
 
@@ -78,7 +80,7 @@ class MetricsWriter:
         self.trackers = bool(report_to)
         if self.trackers:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
-            accelerator.init_trackers("longpo", config=flat)
+            accelerator.init_trackers(__name__.split(".")[0], config=flat)  # the project: the package's name
 
     def log(self, row: dict) -> None:
         if self.accelerator.is_main_process:

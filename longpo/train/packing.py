@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from longpo.data.records import TokenizedPair
-from longpo.train.loss import NLL_MODES
+from longpo.train.config import NLL_MODES
 
 
 @dataclass(frozen=True)

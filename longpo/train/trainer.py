@@ -1,4 +1,4 @@
-"""`longpo train`: train a policy with the LongPO loss (or the SFT / DPO baselines) on accelerate.
+"""`longpo train`: train a policy with the LongPO loss (or another loss mode, `longpo.train.losses`) on accelerate.
 
     longpo train --config tiny                  # built-in tiny run, CPU, < 1 min
     longpo recipes copy accelerate/zero3        # writes zero3.yaml here (accelerate reads a file)
@@ -63,7 +63,8 @@ from longpo.train.data import (
 )
 from longpo.train.launch import make_accelerator, plain_init, prepare_reference
 from longpo.train.logps import ForwardOutput
-from longpo.train.loss import PairLogps, combine_loss, preference_losses
+from longpo.train.loss import PairLogps, combine_loss
+from longpo.train.losses import LONG_PROMPT, MODES, SHORT_PROMPT, LossMode
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
@@ -194,7 +195,8 @@ class Trainer:
         check_policy(cfg)  # before anything loads: a hub id or an unsupported family is refused here
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.filler = filler_pair(self.tokenizer)
-        self.records = open_records(cfg.train_file, require_reference=cfg.loss == "longpo")
+        self.mode: LossMode = MODES[cfg.loss]  # the trainer asks the mode; it never compares loss names
+        self.records = open_records(cfg.train_file, require_reference=self.mode.reference == SHORT_PROMPT)
         self.setup_models()
         self.setup_schedule()
         self.step, self.skipped_total = 0, 0
@@ -208,14 +210,15 @@ class Trainer:
                     f"({accelerator.distributed_type.value}, sp_size {self.mesh.sp_size}), loss={cfg.loss}")
 
     def setup_models(self) -> None:
-        """The policy (and for loss=dpo its frozen copy), parallelised, wrapped, prepared with the optimizer."""
+        """The policy (and, for a mode whose reference is the long prompt, its frozen copy), parallelised,
+        wrapped, prepared with the optimizer."""
         cfg, accelerator = self.cfg, self.accelerator
         backend = DEFAULT_BACKEND if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
         parallelize(policy, self.mesh, backend)
         apply_speed_options(policy, cfg)  # gradient_checkpointing too
         self.reference = None
-        if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
+        if self.mode.reference == LONG_PROMPT:  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
             reference = load_policy(cfg)
             parallelize(reference, self.mesh, backend)
             self.reference = prepare_reference(accelerator, PairModel(reference, self.mesh, cfg.logp_chunk_size,
@@ -272,7 +275,8 @@ class Trainer:
         counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real)],
                               dtype=torch.float64, device=accelerator.device)
         nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
-        lam = 0.0 if cfg.loss == "sft" else cfg.lam
+        mode = self.mode
+        lam = cfg.lam if mode.preference else 0.0
         sums = StepSums(skipped=skipped)
         if num_pairs == 0:  # every pair of the step was over max_length on every rank: no forward, no update
             logger.warning(f"step {self.step + 1}: every pair was over max_length={cfg.max_length}; step skipped")
@@ -282,8 +286,8 @@ class Trainer:
             with accelerator.accumulate(self.module):
                 out = self.module(batch)
                 pref = None
-                if cfg.loss != "sft":
-                    pref = preference_losses(out.policy, self.reference_logps(batch), cfg.beta)
+                if mode.preference:
+                    pref = mode.losses(out.policy, self.reference_logps(batch), cfg.beta, cfg.margin)
                 pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
                 loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
                 self.check_finite(loss, micro)
@@ -300,11 +304,14 @@ class Trainer:
         if bad.item():
             self.stop(f"non-finite loss (this rank's micro-batch: {float(loss.detach())})", micro)
 
-    def reference_logps(self, batch: PackedBatch) -> PairLogps:
-        if self.reference is None:  # longpo: the short-prompt reference precomputed in the records
+    def reference_logps(self, batch: PackedBatch) -> PairLogps | None:
+        """The log-probs the mode compares with: precomputed on the short prompt, the frozen copy on the long one, or none."""
+        if self.mode.reference == SHORT_PROMPT:
             return PairLogps(chosen=batch.ref_chosen, rejected=batch.ref_rejected)
-        with torch.no_grad():
-            return self.reference(batch).policy
+        if self.mode.reference == LONG_PROMPT:
+            with torch.no_grad():
+                return self.reference(batch).policy
+        return None
 
     def train(self) -> dict:
         cfg, accelerator = self.cfg, self.accelerator
@@ -326,7 +333,7 @@ class Trainer:
             self.skipped_total += int(sums.skipped)
             seconds = time.perf_counter() - start
             row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
-                   **sums.metrics(preference=cfg.loss != "sft"),
+                   **sums.metrics(self.mode.metrics),
                    "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "tokens_per_s": sums.tokens / seconds, "pairs_per_s": sums.pairs / seconds, "seconds": seconds}
             self.metrics.log(row)
