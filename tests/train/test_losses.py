@@ -227,3 +227,23 @@ def test_a_mode_added_in_the_test_alone_trains_one_step(tmp_path, monkeypatch):
     assert calls == [2] and result["steps"] == 1
     assert set(row) >= {"pref_loss", "rewards/accuracy"} and "rewards/margin" not in row
     assert row["pref_loss"] > 0 and math.isfinite(row["loss"]) and row["nll"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["logo", "simpo", "orpo"])
+def test_each_new_mode_trains_a_tiny_model_two_steps(tmp_path, name):
+    """The length-normalised modes through the whole trainer: token counts from the packed forward, no
+    reference model loaded, the mode's defaults in the resolved config, finite losses, weights moved."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from longpo.train.trainer import Config, Trainer
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    trainer = Trainer(Config(loss=name, output_dir=str(tmp_path), tiny_records=4, max_steps=2, pairs_per_micro_batch=2,
+                             gradient_accumulation_steps=1, progress_bar=False, optimizer="adamw",
+                             learning_rate=1e-3, warmup_ratio=0.0, max_length=4096))
+    assert trainer.reference is None and trainer.cfg.beta == MODES[name].defaults.beta
+    result = trainer.train()
+    assert result["steps"] == 2 and math.isfinite(result["last"]["loss"]) and result["last"]["grad_norm"] > 0
+    assert "resolved_config.yaml" in {p.name for p in tmp_path.iterdir()}
