@@ -106,6 +106,10 @@ class PackedBatch:
     num_nll_tokens: int
     num_tokens: int  # T without padding
     ids: tuple[str, ...] = ()
+    # per pair: True where the chosen and the rejected branch are the same tokens. Such a pair has equal
+    # policy (and reference) log-probs on both sides, so every preference loss is a constant of it with
+    # zero gradient; the trainer leaves it out of the preference mean and keeps its NLL.
+    equal_answers: tuple[bool, ...] = ()
 
 
 def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int], list[int], list[int], list[bool]]:
@@ -172,6 +176,7 @@ def pack_pairs(pairs: list[TokenizedPair], nll_mode: str = "full", pad_to_multip
         num_nll_tokens=int(sum(nll)),
         num_tokens=num_tokens,
         ids=tuple(p.id for p in pairs),
+        equal_answers=tuple(p.chosen == p.rejected and p.chosen_mask == p.rejected_mask for p in pairs),
     )
 
 

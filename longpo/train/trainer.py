@@ -8,7 +8,8 @@
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
      rank, weight-0 fillers where a rank's share ran short);
-  2. sum the step's NLL-token and pair counts over data-parallel ranks;
+  2. sum the step's NLL-token and pair counts over data-parallel ranks (pairs whose chosen and rejected
+     answers are equal carry no preference gradient: out of the preference mean, NLL kept);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, stop on a non-finite loss on every rank together (before
      any backward: DeepSpeed steps inside the last one), backward;
@@ -63,7 +64,7 @@ from longpo.train.data import (
 )
 from longpo.train.launch import make_accelerator, plain_init, prepare_reference
 from longpo.train.logps import ForwardOutput
-from longpo.train.loss import PairLogps, combine_loss
+from longpo.train.loss import PairLogps, PreferenceOutput, combine_loss
 from longpo.train.losses import LONG_PROMPT, MODES, SHORT_PROMPT, LossMode
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
@@ -135,6 +136,12 @@ class PairModel(torch.nn.Module):
 
     def forward(self, batch: PackedBatch) -> ForwardOutput:
         return forward_pairs_parallel(self.model, batch, self.mesh, self.chunk_size, self.attention_backend)
+
+
+def select_pairs(pref: PreferenceOutput, keep: torch.Tensor) -> PreferenceOutput:
+    """The pairs of `pref` that carry a preference signal (the step's preference means count these)."""
+    return PreferenceOutput(losses=pref.losses[keep], chosen_rewards=pref.chosen_rewards[keep],
+                            rejected_rewards=pref.rejected_rewards[keep])
 
 
 def check_policy(cfg: Config) -> None:
@@ -272,9 +279,10 @@ class Trainer:
         step's metric sums over data-parallel ranks (the ranks of an SP group hold the same sample)."""
         cfg, accelerator = self.cfg, self.accelerator
         real = [mb for mb in micro if mb.weight > 0]
-        counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real)],
+        counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real),
+                               sum(mb.batch.num_pairs - sum(mb.batch.equal_answers) for mb in real)],
                               dtype=torch.float64, device=accelerator.device)
-        nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
+        nll_tokens, num_pairs, pref_pairs = reduce_sum(counts, self.mesh).tolist()
         mode = self.mode
         lam = cfg.lam if mode.preference else 0.0
         sums = StepSums(skipped=skipped)
@@ -285,16 +293,19 @@ class Trainer:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
                 out = self.module(batch)
-                pref = None
+                pref, pref_sum = None, out.nll_sum.new_zeros(())
                 if mode.preference:
                     pref = mode.losses(out.policy, self.reference_logps(batch), cfg.beta, cfg.margin)
-                pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
-                loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
+                    keep = ~torch.tensor(batch.equal_answers, dtype=torch.bool, device=pref.losses.device)
+                    # 0 * the whole sum keeps the graph when every pair of the micro-batch is left out
+                    pref_sum = pref.losses[keep].sum() + 0.0 * pref.losses.sum()
+                    pref = select_pairs(pref, keep)
+                loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, pref_pairs, cfg.nll_weight, lam) * mb.weight
                 self.check_finite(loss, micro)
                 accelerator.backward(loss * self.backward_scale)
             if mb.weight > 0:
                 sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs,
-                         batch.num_tokens, pref)
+                         batch.num_tokens, pref, equal_answers=sum(batch.equal_answers))
         return sums.reduce(self.mesh, accelerator.device)
 
     def check_finite(self, loss: torch.Tensor, micro: list) -> None:

@@ -247,3 +247,39 @@ def test_each_new_mode_trains_a_tiny_model_two_steps(tmp_path, name):
     result = trainer.train()
     assert result["steps"] == 2 and math.isfinite(result["last"]["loss"]) and result["last"]["grad_norm"] > 0
     assert "resolved_config.yaml" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_pair_with_equal_answers_leaves_the_preference_mean_and_is_counted(tmp_path):
+    """chosen == rejected: log pi(y_w) = log pi(y_l), so every mode's preference loss is a constant of the
+    pair with zero gradient. The trainer leaves such a pair out of the preference mean (it would only
+    shrink the others' gradient) and counts it: simpo (no NLL) on records {a, b, c, equal} takes the
+    same step as on {a, b, c}."""
+    import json
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    from longpo.toy.run import prepare_tiny_run, tiny_run_paths
+    from longpo.train.trainer import Config, Trainer
+
+    prepare_tiny_run(str(tmp_path), 4)
+    model_dir, records_file = tiny_run_paths(str(tmp_path))
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    for turn in records[3]["turns"]:
+        turn["rejected"], turn["ref_rejected_logp"] = turn["chosen"], turn["ref_chosen_logp"]
+    rows = []
+    for name, subset in (("with", records), ("without", records[:3])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in subset))
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        result = Trainer(Config(loss="simpo", model=str(model_dir), train_file=str(path), output_dir=str(tmp_path / name),
+                                max_steps=1, pairs_per_micro_batch=len(subset), gradient_accumulation_steps=1,
+                                progress_bar=False, optimizer="sgd", learning_rate=1e-2, warmup_ratio=0.0,
+                                max_length=4096, dtype="float64")).train()
+        rows.append(result["last"])
+    with_equal, without = rows
+    assert with_equal["equal_answer_pairs"] == 1 and without["equal_answer_pairs"] == 0
+    assert with_equal["pairs"] == 4 and without["pairs"] == 3
+    assert with_equal["loss"] == pytest.approx(without["loss"], rel=1e-9)
+    assert with_equal["pref_loss"] == pytest.approx(without["pref_loss"], rel=1e-9)
+    assert with_equal["grad_norm"] == pytest.approx(without["grad_norm"], rel=1e-7)
