@@ -52,7 +52,9 @@ class FilterConfig:
     drop_copied_answers: bool = help_field(True, "drop a turn whose chosen or rejected answer repeats an answer "
                                                  "(either branch) of an earlier turn of the document")
     drop_chosen_equals_rejected: bool = help_field(False, "drop a turn whose chosen equals its rejected answer (no "
-                                                          "preference signal; always counted)")
+                                                          "preference signal; always counted). Kept by default: "
+                                                          "training leaves such a pair out of the preference mean "
+                                                          "and still learns its NLL (docs/stages/train.md)")
     require_specific_question: bool = help_field(True, "drop a question none of whose content words (beyond "
                                                        "generic ones: 'main idea', 'text', 'author') occurs in the "
                                                        "chunk; such meta questions do not depend on the chunk")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from longpo.config import help_field
+from longpo.train.losses import DEFAULT_MODE, MODES, describe
 
-LOSS_MODES = ("longpo", "sft", "dpo")
+LOSS_MODES = tuple(MODES)  # the built-in modes; the check reads MODES itself, so a mode added at run time counts
 NLL_MODES = ("full", "responses", "off")
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 ATTENTION_BACKENDS = ("sdpa", "flex")
@@ -61,12 +62,15 @@ class Config:
     seed: int = help_field(42, "seed of the data order and of torch")
     tiny_records: int = help_field(32, "records built for model=tiny")
     # loss
-    loss: str = help_field("longpo", "longpo (reference = short prompt, from the records), dpo (reference = "
-                                     "frozen initial policy on the long prompt), sft (no preference term)")
-    nll_mode: str = help_field("full", "tokens of the chosen long sequence in the NLL: full, responses, off")
-    beta: float = help_field(0.01, "preference temperature beta")
-    lam: float = help_field(0.01, "weight lambda of the preference term")
-    nll_weight: float = help_field(1.0, "weight of the NLL term")
+    loss: str = help_field(DEFAULT_MODE, f"loss mode (longpo/train/losses/, docs/stages/train.md): {describe()}")
+    # unset (None): the loss mode's own default, written into the resolved config
+    nll_mode: str | None = help_field(None, "tokens of the chosen long sequence in the NLL: full, responses, off; "
+                                            "default: the loss mode's")
+    beta: float | None = help_field(None, "preference temperature beta; default: the loss mode's")
+    lam: float | None = help_field(None, "weight lambda of the preference term; default: the loss mode's")
+    nll_weight: float | None = help_field(None, "weight of the NLL term; default: the loss mode's")
+    margin: float | None = help_field(None, "target reward margin gamma of simpo / logo (after beta); default: the "
+                                            "loss mode's")
     # optimizer
     optimizer: str = help_field("rmsprop", f"one of {OPTIMIZERS} (the released runs use RMSprop)")
     learning_rate: float = help_field(5e-7, "peak learning rate")
@@ -87,7 +91,13 @@ class Config:
                                         "metrics, export) first; without it a rerun must use the same settings")
 
     def __post_init__(self):
-        choices = {"loss": LOSS_MODES, "nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
+        if self.loss not in MODES:
+            raise ValueError(f"loss={self.loss!r}: choose one of {list(MODES)}")
+        mode = MODES[self.loss]
+        for name in ("beta", "lam", "nll_weight", "nll_mode", "margin"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(mode.defaults, name))
+        choices = {"nll_mode": NLL_MODES, "optimizer": OPTIMIZERS, "lr_scheduler": SCHEDULERS,
                    "dtype": DTYPE_NAMES, "mixed_precision": MIXED_PRECISION,
                    "attention_backend": ("auto",) + ATTENTION_BACKENDS}
         for name, allowed in choices.items():
@@ -97,7 +107,7 @@ class Config:
                      "tiny_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_steps", "save_steps", "keep_checkpoints", "beta", "lam", "nll_weight", "learning_rate",
+        for name in ("max_steps", "save_steps", "keep_checkpoints", "beta", "lam", "nll_weight", "margin", "learning_rate",
                      "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must not be negative")
@@ -105,10 +115,10 @@ class Config:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must lie in [0, 1)")
         if self.model != TINY and not self.train_file:
             raise ValueError(f"model={self.model!r} needs train_file=<records>; only model=tiny builds its own data")
-        if self.loss == "sft" and (self.nll_mode == "off" or self.nll_weight == 0):
-            raise ValueError("loss=sft trains on the NLL term alone: set nll_mode to full or responses and "
-                             "nll_weight > 0")
-        if self.loss != "sft" and self.lam == 0 and self.nll_weight == 0:
+        if not mode.preference and (self.nll_mode == "off" or self.nll_weight == 0):
+            raise ValueError(f"loss={self.loss} trains on the NLL term alone: set nll_mode to full or responses and "
+                             f"nll_weight > 0")
+        if mode.preference and self.lam == 0 and (self.nll_weight == 0 or self.nll_mode == "off"):
             raise ValueError("lam=0 and nll_weight=0 leave nothing to train")
         unknown = sorted(set(self.report_to) - set(TRACKERS))
         if unknown:

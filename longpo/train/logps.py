@@ -18,7 +18,8 @@ from longpo.data.records import TokenizedPair
 from longpo.families import final_logit_softcap
 from longpo.models import chunked_target_logps, upcast_logits
 from longpo.train.attention import BLOCK_MASK_KWARG, LAYOUT_KWARG, BlockMasks
-from longpo.train.loss import NLL_MODES, PairLogps
+from longpo.train.config import NLL_MODES
+from longpo.train.loss import PairLogps
 from longpo.train.packing import LogpTargets, PackedBatch
 
 
@@ -30,11 +31,13 @@ class ForwardOutput:
 
 
 def pair_stats(logps: torch.Tensor, targets: LogpTargets, num_pairs: int) -> ForwardOutput:
-    """Sum per-target log-probs (N,) into per-pair chosen / rejected sums and the NLL sum."""
+    """Sum per-target log-probs (N,) into per-pair chosen / rejected sums, their token counts, and the NLL sum."""
     resp = targets.slot >= 0
     sums = logps.new_zeros(2 * num_pairs).index_add(0, targets.slot[resp], logps[resp])
+    counts = torch.bincount(targets.slot[resp], minlength=2 * num_pairs)  # (2P,) response tokens per slot
     return ForwardOutput(
-        policy=PairLogps(chosen=sums[0::2], rejected=sums[1::2]),
+        policy=PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=counts[0::2],
+                         rejected_tokens=counts[1::2]),
         nll_sum=-(logps * targets.nll).sum(),
         nll_tokens=int(targets.nll.sum()),
     )
@@ -69,7 +72,7 @@ def _sequence_logps(model: Any, ids: list[int]) -> torch.Tensor:
 def forward_pairs_plain(model: Any, pairs: list[TokenizedPair], nll_mode: str = "full") -> ForwardOutput:
     """Plain path: each pair as two full sequences with full-vocabulary logits (for parity and benchmarks)."""
     assert nll_mode in NLL_MODES, f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}"
-    chosen, rejected, nll_sum, nll_tokens = [], [], 0.0, 0
+    chosen, rejected, counts, nll_sum, nll_tokens = [], [], [], 0.0, 0
     for pair in pairs:
         p = len(pair.prefix)
         lc = _sequence_logps(model, pair.prefix + pair.chosen)  # token j+1 predicted at j
@@ -78,10 +81,12 @@ def forward_pairs_plain(model: Any, pairs: list[TokenizedPair], nll_mode: str = 
         r_mask = torch.tensor([False] * p + pair.rejected_mask, device=lr.device)[1:]
         chosen.append(lc[c_mask].sum())
         rejected.append(lr[r_mask].sum())
+        counts.append((int(c_mask.sum()), int(r_mask.sum())))
         never = torch.tensor([False] * p + (pair.chosen_unproduced or [False] * len(pair.chosen)), device=lc.device)[1:]
         nll_mask = {"full": ~never, "responses": c_mask, "off": torch.zeros_like(c_mask)}[nll_mode]
         nll_sum = nll_sum - lc[nll_mask].sum()
         nll_tokens += int(nll_mask.sum())
     nll_sum = nll_sum if torch.is_tensor(nll_sum) else torch.tensor(nll_sum)
-    return ForwardOutput(policy=PairLogps(torch.stack(chosen), torch.stack(rejected)), nll_sum=nll_sum,
-                         nll_tokens=nll_tokens)
+    tokens = torch.tensor(counts, dtype=torch.long, device=nll_sum.device)  # (P, 2)
+    return ForwardOutput(policy=PairLogps(torch.stack(chosen), torch.stack(rejected), tokens[:, 0], tokens[:, 1]),
+                         nll_sum=nll_sum, nll_tokens=nll_tokens)

@@ -1,16 +1,16 @@
-"""The LongPO objective as pure functions of summed log-probs: no model, no process group.
+"""The preference objectives' shared math: pure functions of summed log-probs, no model, no process group.
 
-For a pair with long prompt x_L, short prompt x_S, chosen answer y_w and rejected answer y_l
-(all turns of a multi-turn sample summed):
+For a pair with long prompt x_L, short prompt x_S, chosen answer y_w and rejected answers
+y_l^1..y_l^M (all turns of a multi-turn sample summed):
 
-    r(y)    = beta * ( log pi_theta(y | x_L) - log pi_ref(y | x_S) )
-    L_pref  = -log sigmoid( r(y_w) - r(y_l) )
-    L       = nll_weight * NLL(chosen long sequence) + lambda * L_pref
+    r(y)    = beta * ( log pi_theta(y | x_L) - log pi_ref(y | x_ref) )
+    L_pref  = mean_j -log sigmoid( r(y_w) - r(y_l^j) )
+    L       = nll_weight * NLL(chosen long sequence) + lam * L_pref
 
-The loss modes differ only in what the caller passes as the reference:
-  longpo: pi_ref = the frozen original model on the SHORT prompt (precomputed, in the records);
-  dpo:    pi_ref = the frozen initial policy on the LONG prompt (the paper's plain-DPO baseline);
-  sft:    no preference term; the NLL term alone (the paper's SFT-on-chosen baseline).
+Which reference a mode passes (the short prompt, the long prompt, none) and which per-pair loss it
+takes is the mode's own business: `longpo.train.losses` (one file per mode). Log-prob containers
+carry (P,) chosen sums and (P,) or (P, M) rejected sums, with their response token counts where the
+forward counted them (the length-normalised modes divide by them).
 """
 
 from __future__ import annotations
@@ -20,42 +20,58 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from longpo.train.config import LOSS_MODES, NLL_MODES  # noqa: F401 (re-exported; the config checks them without torch)
-
 
 @dataclass
 class PairLogps:
-    """Summed log-probs of the chosen and rejected responses of each pair."""
+    """Summed log-probs of the chosen and rejected responses of each pair, and their token counts."""
 
     chosen: torch.Tensor  # (P,)
-    rejected: torch.Tensor  # (P,)
+    rejected: torch.Tensor  # (P,) one rejected answer per pair, or (P, M)
+    chosen_tokens: torch.Tensor | None = None  # (P,) response tokens summed in `chosen`
+    rejected_tokens: torch.Tensor | None = None  # shaped as `rejected`
 
 
 @dataclass
 class PreferenceOutput:
-    losses: torch.Tensor  # (P,) per-pair -log sigmoid(margin), differentiable
-    chosen_rewards: torch.Tensor  # (P,) beta * (pi_c - ref_c), detached
-    rejected_rewards: torch.Tensor  # (P,) beta * (pi_r - ref_r), detached
+    losses: torch.Tensor  # (P,) per-pair loss, differentiable
+    chosen_rewards: torch.Tensor  # (P,) the mode's reward of the chosen answer, detached
+    rejected_rewards: torch.Tensor  # (P,) the mode's reward of the rejected answers (their mean), detached
+
+
+def branches(x: torch.Tensor) -> torch.Tensor:
+    """Rejected statistics as (P, M): a (P,) tensor is one rejected answer per pair."""
+    return x.reshape(x.shape[0], -1)
+
+
+def mean_logps(logps: PairLogps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token mean log-probs: chosen (P,) and rejected (P, M), each sum divided by its token count."""
+    assert logps.chosen_tokens is not None and logps.rejected_tokens is not None, (
+        "a length-normalised loss needs the response token counts (pair_stats counts them)"
+    )
+    chosen = logps.chosen / logps.chosen_tokens.to(logps.chosen.dtype).clamp(min=1)
+    rejected = branches(logps.rejected) / branches(logps.rejected_tokens).to(logps.rejected.dtype).clamp(min=1)
+    return chosen, rejected
 
 
 def preference_losses(policy: PairLogps, reference: PairLogps, beta: float) -> PreferenceOutput:
-    """Per-pair preference loss  -log sigmoid( beta * ((pi_c - ref_c) - (pi_r - ref_r)) ).
+    """Per-pair  mean_j -log sigmoid( beta * ((pi_c - ref_c) - (pi_r^j - ref_r^j)) ).
 
     `policy` holds log pi_theta(y | x_L); `reference` holds log pi_ref(y | x_S) for LongPO (or
-    log pi_ref(y | x_L) for plain DPO). The reference carries no gradient.
+    log pi_ref(y | x_L) for plain DPO). M rejected answers are M pairs sharing the chosen one; each
+    record weighs the same whatever its M. The reference carries no gradient.
     """
     assert policy.chosen.shape == reference.chosen.shape, (
         f"policy {tuple(policy.chosen.shape)} and reference {tuple(reference.chosen.shape)} pair counts differ"
     )
     ref_c = reference.chosen.detach().to(policy.chosen.dtype)
-    ref_r = reference.rejected.detach().to(policy.rejected.dtype)
-    chosen_logratio = policy.chosen - ref_c
-    rejected_logratio = policy.rejected - ref_r
-    losses = -F.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+    ref_r = branches(reference.rejected).detach().to(policy.rejected.dtype)
+    chosen_logratio = policy.chosen - ref_c  # (P,)
+    rejected_logratio = branches(policy.rejected) - ref_r  # (P, M)
+    losses = -F.logsigmoid(beta * (chosen_logratio[:, None] - rejected_logratio)).mean(dim=1)
     return PreferenceOutput(
         losses=losses,
         chosen_rewards=(beta * chosen_logratio).detach(),
-        rejected_rewards=(beta * rejected_logratio).detach(),
+        rejected_rewards=(beta * rejected_logratio).mean(dim=1).detach(),
     )
 
 

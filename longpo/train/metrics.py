@@ -32,9 +32,14 @@ class StepSums:
     correct: float = 0.0  # pairs whose chosen reward beats the rejected one
     tokens: float = 0.0  # packed tokens, padding and fillers excluded
     skipped: float = 0.0  # pairs of this step dropped for exceeding max_length
+    pref_pairs: float = 0.0  # pairs in the preference means: those whose chosen and rejected answers differ
+    equal_answers: float = 0.0  # pairs whose chosen and rejected answers are the same tokens (NLL only)
 
-    def add(self, loss: float, nll_sum: float, nll_tokens: int, pairs: int, tokens: int, pref: Any = None) -> None:
-        """One real micro-batch; `pref` is its `PreferenceOutput` (None without a preference term)."""
+    def add(self, loss: float, nll_sum: float, nll_tokens: int, pairs: int, tokens: int, pref: Any = None,
+            equal_answers: int = 0) -> None:
+        """One real micro-batch; `pref` is its `PreferenceOutput` over the pairs with a preference signal
+        (None without a preference term); `equal_answers` counts the pairs left out of it."""
+        self.equal_answers += equal_answers
         self.loss += loss
         self.nll_sum += nll_sum
         self.nll_tokens += nll_tokens
@@ -42,6 +47,7 @@ class StepSums:
         self.tokens += tokens
         if pref is not None:
             self.pref_sum += float(pref.losses.detach().sum())
+            self.pref_pairs += pref.losses.numel()
             self.chosen_rewards += float(pref.chosen_rewards.sum())
             self.rejected_rewards += float(pref.rejected_rewards.sum())
             self.correct += float((pref.chosen_rewards > pref.rejected_rewards).sum())
@@ -53,19 +59,23 @@ class StepSums:
         values = torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64, device=device)
         return StepSums(*reduce_sum(values, mesh).tolist())
 
-    def metrics(self, preference: bool) -> dict:
-        """Step means; the reward metrics only when the loss has a preference term."""
-        pairs = max(self.pairs, 1.0)
+    def metrics(self, names: tuple[str, ...]) -> dict:
+        """Step means: loss and nll always, then the loss mode's `names` (its `LossMode.metrics`), means over
+        the pairs with a preference signal."""
+        pairs = max(self.pref_pairs, 1.0)
         out = {"loss": self.loss, "nll": self.nll_sum / self.nll_tokens if self.nll_tokens else 0.0}
-        if preference:
-            out.update({
-                "pref_loss": self.pref_sum / pairs,
-                "rewards/chosen": self.chosen_rewards / pairs,
-                "rewards/rejected": self.rejected_rewards / pairs,
-                "rewards/accuracy": self.correct / pairs,
-                "rewards/margin": (self.chosen_rewards - self.rejected_rewards) / pairs,
-            })
-        return out | {"pairs": int(self.pairs), "tokens": int(self.tokens), "skipped_overlong": int(self.skipped)}
+        means = {
+            "pref_loss": self.pref_sum / pairs,
+            "rewards/chosen": self.chosen_rewards / pairs,
+            "rewards/rejected": self.rejected_rewards / pairs,
+            "rewards/accuracy": self.correct / pairs,
+            "rewards/margin": (self.chosen_rewards - self.rejected_rewards) / pairs,
+        }
+        unknown = sorted(set(names) - set(means))
+        assert not unknown, f"metrics {unknown} are not summed by StepSums; known: {sorted(means)}"
+        out.update({name: means[name] for name in names})
+        return out | {"pairs": int(self.pairs), "tokens": int(self.tokens), "skipped_overlong": int(self.skipped),
+                      "equal_answer_pairs": int(self.equal_answers)}
 
 
 class MetricsWriter:
@@ -78,7 +88,7 @@ class MetricsWriter:
         self.trackers = bool(report_to)
         if self.trackers:
             flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
-            accelerator.init_trackers("longpo", config=flat)
+            accelerator.init_trackers(__name__.split(".")[0], config=flat)  # the project: the package's name
 
     def log(self, row: dict) -> None:
         if self.accelerator.is_main_process:

@@ -1,12 +1,13 @@
-"""Shared-prefix packing: the long prompt once, then the chosen and the rejected branch.
+"""Shared-prefix packing: the long prompt once, then the chosen and the rejected branches.
 
 One row holds several pairs back to back, each laid out as
 
-    [ prefix (p) | chosen branch (c) | rejected branch (r) ]
+    [ prefix (p) | chosen branch (c) | rejected branch 1 (r1) | ... | rejected branch M (rM) ]
 
-Positions of both branches continue from the prefix (p, p+1, ...), and the attention layout
-lets each branch see the prefix and itself only, so the row computes exactly what two separate
-sequences `prefix + chosen` and `prefix + rejected` would, with the prefix paid for once.
+Positions of every branch continue from the prefix (p, p+1, ...), and the attention layout
+lets each branch see the prefix and itself only, so the row computes exactly what M+1 separate
+sequences `prefix + chosen`, `prefix + rejected_j` would, with the prefix paid for once.
+(`pack_pairs` packs records with one rejected answer, M = 1; the layout and the attention take any M.)
 
 Log-probs are gathered at `targets`: entry n says "the hidden state at packed position
 `src[n]` predicts token `tgt[n]`", belonging to response slot `slot[n]` (2*pair for chosen,
@@ -20,44 +21,55 @@ from dataclasses import dataclass, replace
 import torch
 
 from longpo.data.records import TokenizedPair
-from longpo.train.loss import NLL_MODES
+from longpo.train.config import NLL_MODES
 
 
 @dataclass(frozen=True)
 class SharedPrefixLayout:
-    """Where each pair sits in a packed row: (offset, prefix_len, chosen_len, rejected_len)."""
+    """Where each pair sits in a packed row: (offset, prefix_len, chosen_len, rejected_len_1, ..., rejected_len_M)."""
 
-    pairs: tuple[tuple[int, int, int, int], ...]
+    pairs: tuple[tuple[int, ...], ...]
     total_len: int  # row length, padding included
+
+    def branches(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """Per pair: (offset, prefix_len, [(start, length) of each branch: chosen, then the rejected ones])."""
+        out = []
+        for o, p, *lengths in self.pairs:
+            start, spans = o + p, []
+            for n in lengths:
+                spans.append((start, n))
+                start += n
+            out.append((o, p, spans))
+        return out
 
     def spans(self) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
         """Attention calls: (query start, query end, key ranges); causal aligned to the last key."""
         out = []
-        for o, p, c, r in self.pairs:
+        for o, p, branches in self.branches():
             prefix = (o, o + p)
             out.append((o, o + p, (prefix,)))
-            if c:
-                out.append((o + p, o + p + c, (prefix, (o + p, o + p + c))))
-            if r:
-                out.append((o + p + c, o + p + c + r, (prefix, (o + p + c, o + p + c + r))))
+            for start, n in branches:
+                if n:
+                    out.append((start, start + n, (prefix, (start, start + n))))
         return out
 
     def token_ids(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token pair index (-1 on padding) and branch (0 prefix, 1 chosen, 2 rejected)."""
+        """Per-token pair index (-1 on padding) and branch (0 prefix, 1 chosen, 1 + j rejected answer j)."""
         pair = torch.full((self.total_len,), -1, dtype=torch.long)
         branch = torch.zeros((self.total_len,), dtype=torch.long)
-        for i, (o, p, c, r) in enumerate(self.pairs):
-            pair[o : o + p + c + r] = i
-            branch[o + p : o + p + c] = 1
-            branch[o + p + c : o + p + c + r] = 2
+        for i, (o, p, branches) in enumerate(self.branches()):
+            pair[o : o + p + sum(n for _, n in branches)] = i
+            for b, (start, n) in enumerate(branches, start=1):
+                branch[start : start + n] = b
         return pair.to(device), branch.to(device)
 
     def positions(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Per-token position id: the prefix counts from 0, each branch continues from the prefix (padding: 0)."""
         pos = torch.zeros((self.total_len,), dtype=torch.long)
-        for o, p, c, r in self.pairs:
-            pos[o : o + p + c] = torch.arange(p + c)
-            pos[o + p + c : o + p + c + r] = torch.arange(p, p + r)
+        for o, p, branches in self.branches():
+            pos[o : o + p] = torch.arange(p)
+            for start, n in branches:
+                pos[start : start + n] = torch.arange(p, p + n)
         return pos.to(device)
 
     def allowed(self, device: torch.device | str | None = None, window: int | None = None) -> torch.Tensor:
@@ -94,6 +106,10 @@ class PackedBatch:
     num_nll_tokens: int
     num_tokens: int  # T without padding
     ids: tuple[str, ...] = ()
+    # per pair: True where the chosen and the rejected branch are the same tokens. Such a pair has equal
+    # policy (and reference) log-probs on both sides, so every preference loss is a constant of it with
+    # zero gradient; the trainer leaves it out of the preference mean and keeps its NLL.
+    equal_answers: tuple[bool, ...] = ()
 
 
 def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int], list[int], list[int], list[bool]]:
@@ -160,6 +176,7 @@ def pack_pairs(pairs: list[TokenizedPair], nll_mode: str = "full", pad_to_multip
         num_nll_tokens=int(sum(nll)),
         num_tokens=num_tokens,
         ids=tuple(p.id for p in pairs),
+        equal_answers=tuple(p.chosen == p.rejected and p.chosen_mask == p.rejected_mask for p in pairs),
     )
 
 

@@ -14,7 +14,8 @@ The model code is untouched; this layer wraps it from outside:
                          in the slice. Targets (shifted labels) were computed on the full row by
                          `pack_pairs`, so no label ever crosses a shard boundary.
   `gather_stats(out)`    sums the per-shard pair log-probs and NLL sums over the SP group with an
-                         autograd-aware sum; every SP rank then holds the whole sample's statistics.
+                         autograd-aware sum (the token counts with a plain one); every SP rank then
+                         holds the whole sample's statistics.
 
 Gradient contract: after `loss.backward()` on every rank, the parameter gradients of ALL ranks
 add up to the gradient of the step loss (each SP rank back-propagates its own shard's share, see
@@ -177,12 +178,15 @@ def gather_stats(local: ForwardOutput, mesh: Mesh, num_nll_tokens: int | None = 
     p = local.policy.chosen.shape[0]
     flat = torch.cat([local.policy.chosen, local.policy.rejected, local.nll_sum.reshape(1)])  # (2P + 1,)
     total = _SumOverGroup.apply(flat, mesh.sp_group)
+    # the response token counts (length-normalised losses) and the NLL count, in one collective
+    counts = torch.cat([local.policy.chosen_tokens, local.policy.rejected_tokens,
+                        torch.tensor([local.nll_tokens], device=flat.device)]).to(torch.long)
+    dist.all_reduce(counts, group=mesh.sp_group)
     if num_nll_tokens is None:
-        count = torch.tensor([local.nll_tokens], dtype=torch.long, device=flat.device)
-        dist.all_reduce(count, group=mesh.sp_group)
-        num_nll_tokens = int(count.item())
-    return ForwardOutput(policy=PairLogps(chosen=total[:p], rejected=total[p : 2 * p]), nll_sum=total[2 * p],
-                         nll_tokens=num_nll_tokens)
+        num_nll_tokens = int(counts[2 * p].item())
+    return ForwardOutput(policy=PairLogps(chosen=total[:p], rejected=total[p : 2 * p], chosen_tokens=counts[:p],
+                                          rejected_tokens=counts[p : 2 * p]),
+                         nll_sum=total[2 * p], nll_tokens=num_nll_tokens)
 
 
 def forward_pairs_parallel(model: Any, batch: PackedBatch, mesh: Mesh, chunk_size: int | None = None,

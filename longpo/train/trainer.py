@@ -1,4 +1,4 @@
-"""`longpo train`: train a policy with the LongPO loss (or the SFT / DPO baselines) on accelerate.
+"""`longpo train`: train a policy with the LongPO loss (or another loss mode, `longpo.train.losses`) on accelerate.
 
     longpo train --config tiny                  # built-in tiny run, CPU, < 1 min
     longpo recipes copy accelerate/zero3        # writes zero3.yaml here (accelerate reads a file)
@@ -8,7 +8,8 @@
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
      rank, weight-0 fillers where a rank's share ran short);
-  2. sum the step's NLL-token and pair counts over data-parallel ranks;
+  2. sum the step's NLL-token and pair counts over data-parallel ranks (pairs whose chosen and rejected
+     answers are equal carry no preference gradient: out of the preference mean, NLL kept);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, stop on a non-finite loss on every rank together (before
      any backward: DeepSpeed steps inside the last one), backward;
@@ -63,7 +64,8 @@ from longpo.train.data import (
 )
 from longpo.train.launch import make_accelerator, plain_init, prepare_reference
 from longpo.train.logps import ForwardOutput
-from longpo.train.loss import PairLogps, combine_loss, preference_losses
+from longpo.train.loss import PairLogps, PreferenceOutput, combine_loss
+from longpo.train.losses import LONG_PROMPT, MODES, SHORT_PROMPT, LossMode
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
@@ -93,8 +95,6 @@ OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_confi
 def check_rerun(cfg: Config, main_process: bool) -> None:
     """Before anything is loaded or written: the output and export folders are writable, and a rerun
     into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
-    if cfg.model != TINY:  # the family is checked from config.json before any record is read
-        check_policy(cfg)
     export_dir = Path(cfg.export_dir) if cfg.export_dir else None
 
     def clear() -> None:
@@ -134,6 +134,12 @@ class PairModel(torch.nn.Module):
 
     def forward(self, batch: PackedBatch) -> ForwardOutput:
         return forward_pairs_parallel(self.model, batch, self.mesh, self.chunk_size, self.attention_backend)
+
+
+def select_pairs(pref: PreferenceOutput, keep: torch.Tensor) -> PreferenceOutput:
+    """The pairs of `pref` that carry a preference signal (the step's preference means count these)."""
+    return PreferenceOutput(losses=pref.losses[keep], chosen_rewards=pref.chosen_rewards[keep],
+                            rejected_rewards=pref.rejected_rewards[keep])
 
 
 def check_policy(cfg: Config) -> None:
@@ -180,6 +186,8 @@ def build_scheduler(cfg: Config, optimizer: Any, total_steps: int) -> Any:
 
 class Trainer:
     def __init__(self, cfg: Config):
+        if cfg.model != TINY:  # from config.json, before accelerate, any record or any device memory
+            check_policy(cfg)
         self.accelerator = accelerator = make_accelerator(cfg)
         self.mesh = init_mesh(cfg.sp_size)  # data parallel x sequence parallel; 1 x 1 in one process
         self.world = accelerator.num_processes
@@ -194,7 +202,8 @@ class Trainer:
         check_policy(cfg)  # before anything loads: a hub id or an unsupported family is refused here
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
         self.filler = filler_pair(self.tokenizer)
-        self.records = open_records(cfg.train_file, require_reference=cfg.loss == "longpo")
+        self.mode: LossMode = MODES[cfg.loss]  # the trainer asks the mode; it never compares loss names
+        self.records = open_records(cfg.train_file, require_reference=self.mode.reference == SHORT_PROMPT)
         self.setup_models()
         self.setup_schedule()
         self.step, self.skipped_total = 0, 0
@@ -208,14 +217,15 @@ class Trainer:
                     f"({accelerator.distributed_type.value}, sp_size {self.mesh.sp_size}), loss={cfg.loss}")
 
     def setup_models(self) -> None:
-        """The policy (and for loss=dpo its frozen copy), parallelised, wrapped, prepared with the optimizer."""
+        """The policy (and, for a mode whose reference is the long prompt, its frozen copy), parallelised,
+        wrapped, prepared with the optimizer."""
         cfg, accelerator = self.cfg, self.accelerator
         backend = DEFAULT_BACKEND if cfg.attention_backend == "auto" else cfg.attention_backend
         policy = load_policy(cfg)
         parallelize(policy, self.mesh, backend)
         apply_speed_options(policy, cfg)  # gradient_checkpointing too
         self.reference = None
-        if cfg.loss == "dpo":  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
+        if self.mode.reference == LONG_PROMPT:  # the initial policy, loaded again (a deep copy of ZeRO-3 shards is not a model)
             reference = load_policy(cfg)
             parallelize(reference, self.mesh, backend)
             self.reference = prepare_reference(accelerator, PairModel(reference, self.mesh, cfg.logp_chunk_size,
@@ -269,10 +279,12 @@ class Trainer:
         step's metric sums over data-parallel ranks (the ranks of an SP group hold the same sample)."""
         cfg, accelerator = self.cfg, self.accelerator
         real = [mb for mb in micro if mb.weight > 0]
-        counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real)],
+        counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real),
+                               sum(mb.batch.num_pairs - sum(mb.batch.equal_answers) for mb in real)],
                               dtype=torch.float64, device=accelerator.device)
-        nll_tokens, num_pairs = reduce_sum(counts, self.mesh).tolist()
-        lam = 0.0 if cfg.loss == "sft" else cfg.lam
+        nll_tokens, num_pairs, pref_pairs = reduce_sum(counts, self.mesh).tolist()
+        mode = self.mode
+        lam = cfg.lam if mode.preference else 0.0
         sums = StepSums(skipped=skipped)
         if num_pairs == 0:  # every pair of the step was over max_length on every rank: no forward, no update
             logger.warning(f"step {self.step + 1}: every pair was over max_length={cfg.max_length}; step skipped")
@@ -281,16 +293,19 @@ class Trainer:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
                 out = self.module(batch)
-                pref = None
-                if cfg.loss != "sft":
-                    pref = preference_losses(out.policy, self.reference_logps(batch), cfg.beta)
-                pref_sum = pref.losses.sum() if pref is not None else out.nll_sum.new_zeros(())
-                loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, num_pairs, cfg.nll_weight, lam) * mb.weight
+                pref, pref_sum = None, out.nll_sum.new_zeros(())
+                if mode.preference:
+                    pref = mode.losses(out.policy, self.reference_logps(batch), cfg.beta, cfg.margin)
+                    keep = ~torch.tensor(batch.equal_answers, dtype=torch.bool, device=pref.losses.device)
+                    # 0 * the whole sum keeps the graph when every pair of the micro-batch is left out
+                    pref_sum = pref.losses[keep].sum() + 0.0 * pref.losses.sum()
+                    pref = select_pairs(pref, keep)
+                loss = combine_loss(out.nll_sum, nll_tokens, pref_sum, pref_pairs, cfg.nll_weight, lam) * mb.weight
                 self.check_finite(loss, micro)
                 accelerator.backward(loss * self.backward_scale)
             if mb.weight > 0:
                 sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs,
-                         batch.num_tokens, pref)
+                         batch.num_tokens, pref, equal_answers=sum(batch.equal_answers))
         return sums.reduce(self.mesh, accelerator.device)
 
     def check_finite(self, loss: torch.Tensor, micro: list) -> None:
@@ -300,11 +315,14 @@ class Trainer:
         if bad.item():
             self.stop(f"non-finite loss (this rank's micro-batch: {float(loss.detach())})", micro)
 
-    def reference_logps(self, batch: PackedBatch) -> PairLogps:
-        if self.reference is None:  # longpo: the short-prompt reference precomputed in the records
+    def reference_logps(self, batch: PackedBatch) -> PairLogps | None:
+        """The log-probs the mode compares with: precomputed on the short prompt, the frozen copy on the long one, or none."""
+        if self.mode.reference == SHORT_PROMPT:
             return PairLogps(chosen=batch.ref_chosen, rejected=batch.ref_rejected)
-        with torch.no_grad():
-            return self.reference(batch).policy
+        if self.mode.reference == LONG_PROMPT:
+            with torch.no_grad():
+                return self.reference(batch).policy
+        return None
 
     def train(self) -> dict:
         cfg, accelerator = self.cfg, self.accelerator
@@ -326,7 +344,7 @@ class Trainer:
             self.skipped_total += int(sums.skipped)
             seconds = time.perf_counter() - start
             row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
-                   **sums.metrics(preference=cfg.loss != "sft"),
+                   **sums.metrics(self.mode.metrics),
                    "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "tokens_per_s": sums.tokens / seconds, "pairs_per_s": sums.pairs / seconds, "seconds": seconds}
             self.metrics.log(row)

@@ -104,6 +104,8 @@ def sample_loss(out, batch, nll_tokens: float, num_pairs: float):
         "nll_tokens": torch.tensor(float(out.nll_tokens), dtype=torch.float64),
         "logps_chosen": out.policy.chosen.detach(),
         "logps_rejected": out.policy.rejected.detach(),
+        "tokens_chosen": out.policy.chosen_tokens.double(),  # summed over the SP group, as the length-normalised modes need
+        "tokens_rejected": out.policy.rejected_tokens.double(),
         "rewards_chosen": pref.chosen_rewards,
         "rewards_rejected": pref.rejected_rewards,
         "margins": pref.chosen_rewards - pref.rejected_rewards,

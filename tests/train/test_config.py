@@ -2,13 +2,11 @@
 torch side accepts (the CLI validates against the names before torch loads)."""
 
 from longpo.models import DTYPES
-from longpo.train import attention, loss, speed
+from longpo.train import attention, speed
 from longpo.train.config import (
     ATTENTION_BACKENDS,
     CHECKPOINT_MODES,
     DTYPE_NAMES,
-    LOSS_MODES,
-    NLL_MODES,
     Config,
 )
 
@@ -18,7 +16,27 @@ def test_dtype_names_are_the_dtypes_models_can_load():
 
 
 def test_the_torch_modules_read_the_same_names():
-    assert (loss.LOSS_MODES, loss.NLL_MODES) == (LOSS_MODES, NLL_MODES)
     assert attention.BACKENDS == ATTENTION_BACKENDS and speed.CHECKPOINT_MODES == CHECKPOINT_MODES
     for dtype in DTYPE_NAMES:
         assert Config(dtype=dtype).dtype == dtype
+
+
+def test_unset_loss_settings_take_the_modes_defaults_and_explicit_ones_win():
+    from longpo.train.losses import MODES
+
+    for name, mode in MODES.items():
+        cfg = Config(loss=name)
+        assert (cfg.beta, cfg.lam, cfg.nll_weight, cfg.nll_mode, cfg.margin) == (
+            mode.defaults.beta, mode.defaults.lam, mode.defaults.nll_weight, mode.defaults.nll_mode,
+            mode.defaults.margin), name
+    assert Config(loss="simpo", beta=0.5).beta == 0.5
+    assert Config().beta == 0.01 and Config().lam == 0.01  # the released LongPO script's values
+
+
+def test_help_lists_every_mode_from_the_registry():
+    from dataclasses import fields
+
+    from longpo.train.losses import MODES
+
+    text = next(f for f in fields(Config) if f.name == "loss").metadata["help"]
+    assert all(f"{name}:" in text for name in MODES), text

@@ -59,6 +59,9 @@ def test_packed_equals_plain_values_and_grads(tokenizer, arch, n_turns, nll_mode
     assert_close(fast.policy.rejected, plain.policy.rejected, rtol=1e-10, atol=1e-9)
     assert_close(fast.nll_sum, plain.nll_sum, rtol=1e-10, atol=1e-9)
     assert fast.nll_tokens == plain.nll_tokens
+    assert fast.policy.chosen_tokens.tolist() == plain.policy.chosen_tokens.tolist() == [sum(p.chosen_mask) for p in pairs]
+    assert fast.policy.rejected_tokens.tolist() == plain.policy.rejected_tokens.tolist() == [
+        sum(p.rejected_mask) for p in pairs]
 
     def objective(out):  # touches every term with different weights
         return 0.3 * out.policy.chosen.sum() - 0.7 * out.policy.rejected.sum() + 0.05 * out.nll_sum
