@@ -38,6 +38,8 @@ from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
 from longpo.eval.tasks import helmet
+from longpo.eval.tasks.helmet_icl import ICLTask
+from longpo.eval.tasks.helmet_rerank import RerankTask
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
 from longpo.eval.tasks.ruler import RulerData, RulerTask
@@ -235,7 +237,12 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     h = cfg.helmet
     for name, (path, demo) in helmet_files(cfg).items():
-        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: helmet.HelmetTask(
+        if helmet.CATEGORY[name] == "icl":
+            add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: ICLTask(
+                name, path, fmt, demo, h.max_length, h.icl_num_samples, h.icl_shots.get(name), h.seed))
+            continue
+        kind = RerankTask if helmet.CATEGORY[name] == "rerank" else helmet.HelmetTask
+        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind(
             name, path, fmt, demo, h.max_length, h.num_samples, h.shots, h.seed))
     lb = cfg.longbench_v2
     if lb.enabled and lb.data:
