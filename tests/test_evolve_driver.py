@@ -232,3 +232,35 @@ def test_two_simulated_nodes_run_every_stage_and_a_rerun_skips_a_finished_node(s
     assert (it / "generate" / "logs" / "all-0.log").read_text().count("====") == 1
     assert (it / "generate" / "logs" / "all-1.log").read_text().count("====") == 2
     assert by_id(it / "generate") == records
+
+
+def test_dry_run_of_the_paper_recipe_on_two_nodes(tmp_path, capsys):
+    """evolve_mistral-7b with nodes=2 x 8 devices: generate, reference and eval have 16 shards, 8 per node, each
+    wave started by the launcher template as `python -m longpo.nodes <plan>`; train spans both nodes; merges and
+    the eval summary stay on the driver's node."""
+    from longpo import evolve
+    from longpo.toy.tiny import tiny_model_config
+
+    model = tmp_path / "mistral-32k"
+    config = tiny_model_config("mistral")
+    config.max_position_embeddings = 32768
+    config.save_pretrained(model)
+    cfg = load_config(evolve.Config, ROOT / "longpo" / "recipes" / "evolve_mistral-7b.yaml",
+                      [f"base_model={model}", f"output_dir={tmp_path / 'run'}", "dry_run=true", "nodes=2",
+                       "rdzv_endpoint=head:29500", "launcher=srun --nodes={nodes} --ntasks-per-node=1 {command}"])
+    assert evolve.main(cfg) == 0
+    text = capsys.readouterr().out
+    waves = [("base", "eval", "eval", 16)] + [
+        (n, stage, wave, 8 if n == "512k" and stage == "generate" else 16)
+        for n in ("128k", "256k", "512k") for stage, wave in (("generate", "short"), ("generate", "long"),
+                                                              ("reference", "reference"), ("eval", "eval"))]
+    for name, stage, wave, shards in waves:
+        block = text.split(f"[{wave}] bash -c 'srun --nodes=2 --ntasks-per-node=1 ")[1:]
+        plan = f"-m longpo.nodes {tmp_path}/run/{name}/{stage}/nodes/{wave}.json'"
+        mine = [b for b in block if b.startswith(sys.executable) and plan in b.splitlines()[0]]
+        assert len(mine) == 1, (name, stage, wave)
+        lines = [line for line in mine[0].splitlines()[1:] if line.startswith("    node ")][:shards]
+        assert [line.split(":")[0].strip() for line in lines] == ["node 0"] * (shards // 2) + ["node 1"] * (shards // 2)
+        assert f"configs/{wave}-{shards - 1}.yaml" in lines[-1]
+    assert text.count("--num_processes 16 --num_machines 2 --machine_rank") == 3  # train: across both nodes
+    assert text.count("[merge] in the driver") == 1 + 3 * 3 and text.count("[summary] CUDA_VISIBLE_DEVICES=0 ") == 4
