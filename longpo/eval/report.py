@@ -35,7 +35,8 @@ IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
 IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
 HELMET_LABELS = {"json_kv": "JSON KV", "nq": "NQ", "triviaqa": "TriviaQA", "hotpotqa": "HotpotQA", "popqa": "PopQA",
                  "msmarco": "MS MARCO", "trec_coarse": "TREC Coarse", "trec_fine": "TREC Fine",
-                 "banking77": "BANKING77", "clinic150": "CLINC150", "nlu": "NLU"}
+                 "banking77": "BANKING77", "clinic150": "CLINC150", "nlu": "NLU", "infbench_qa": "InfBench QA",
+                 "infbench_choice": "InfBench MC"}
 HELMET_AVG_LABELS = {"rag": "RAG avg", "icl": "ICL avg"}  # HELMET's Re-rank is MS MARCO alone
 LB2_LABELS = {"overall": "Overall", "easy": "Easy", "hard": "Hard", "short": "Short", "medium": "Medium",
               "long": "Long"}
@@ -153,7 +154,8 @@ def to_markdown(summary: dict, title: str = "") -> str:
         parts += ["## HELMET", _md_table([{**HELMET_LABELS, **HELMET_AVG_LABELS}[k] for k in keys],
                                          [[_fmt(he[k]) for k in keys]]),
                   "as princeton-nlp/HELMET: substring exact match (%) for JSON KV and RAG, NDCG@10 (x 100) for "
-                  "MS MARCO (Re-rank), label exact match (%) for ICL; Recall = JSON KV here (HELMET's Recall also "
+                  "MS MARCO (Re-rank), label exact match (%) for ICL, ROUGE-L F1 (x 100) for InfBench QA and exact match (%) "
+                  "for InfBench MC (HELMET's LongQA also has NarrativeQA, GPT-4 judged, not built); Recall = JSON KV here (HELMET's Recall also "
                   "averages RULER niah_mk_2, niah_mk_3, niah_mv, reported in the RULER table)"]
     if "longbench_v2" in summary:
         lb = summary["longbench_v2"]

@@ -39,6 +39,7 @@ from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
 from longpo.eval.tasks import helmet
 from longpo.eval.tasks.helmet_icl import ICLTask
+from longpo.eval.tasks.helmet_longqa import LongQATask
 from longpo.eval.tasks.helmet_rerank import RerankTask
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
@@ -240,6 +241,10 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
         if helmet.CATEGORY[name] == "icl":
             add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: ICLTask(
                 name, path, fmt, demo, h.max_length, h.icl_num_samples, h.icl_shots.get(name), h.seed))
+            continue
+        if helmet.CATEGORY[name] == "longqa":
+            add(tasks, f"helmet/{name}", lambda name=name, path=path: LongQATask(
+                name, path, fmt, None, h.max_length, h.num_samples, h.shots, h.seed, h.truncate_tokenizer))
             continue
         kind = RerankTask if helmet.CATEGORY[name] == "rerank" else helmet.HelmetTask
         add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind(
