@@ -179,6 +179,9 @@ def make_backend(cfg: Config) -> Any:
 
 
 GIVEN_DATA = ("infinitebench/", "longbench_v2/", "helmet/")
+# a HELMET category -> its task class, each built from the helmet.* keys by its own `from_config`
+HELMET_KINDS = {"recall": helmet.HelmetTask, "rag": helmet.HelmetTask, "rerank": RerankTask, "icl": ICLTask,
+                "longqa": LongQATask}
 
 
 def helmet_files(cfg: Config) -> dict[str, tuple[Path, Path | None]]:
@@ -238,17 +241,9 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     h = cfg.helmet
     for name, (path, demo) in helmet_files(cfg).items():
-        if helmet.CATEGORY[name] == "icl":
-            add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: ICLTask(
-                name, path, fmt, demo, h.max_length, h.icl_num_samples, h.icl_shots.get(name), h.seed))
-            continue
-        if helmet.CATEGORY[name] == "longqa":
-            add(tasks, f"helmet/{name}", lambda name=name, path=path: LongQATask(
-                name, path, fmt, None, h.max_length, h.num_samples, h.shots, h.seed, h.truncate_tokenizer))
-            continue
-        kind = RerankTask if helmet.CATEGORY[name] == "rerank" else helmet.HelmetTask
-        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind(
-            name, path, fmt, demo, h.max_length, h.num_samples, h.shots, h.seed))
+        kind = HELMET_KINDS[helmet.CATEGORY[name]]
+        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind.from_config(
+            name, path, demo, fmt, h))
     lb = cfg.longbench_v2
     if lb.enabled and lb.data:
         add(tasks, "longbench_v2/0shot", lambda: LongBenchV2Task(lb.data, fmt, lb.max_length, lb.num_samples))

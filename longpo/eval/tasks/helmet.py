@@ -216,6 +216,11 @@ class HelmetTask(HelmetPrompt):
         self.user, self.system = QA_USER, QA_SYSTEM
         self.items = [self._qa_item(r, demos, key) for r in rows if r[key] in picked]
 
+    @classmethod
+    def from_config(cls, task: str, path, demo_path, fmt: PromptFormat, h) -> HelmetTask:
+        """From `longpo eval`'s helmet.* keys (HelmetConfig)."""
+        return cls(task, path, fmt, demo_path, h.max_length, h.num_samples, h.shots, h.seed)
+
     def _kv_item(self, row: dict) -> dict:
         demos = "\n\n".join(f"Key: {k}\nCorresponding value: {v}" for k, v in row["demos"][:self.shots])
         return {"context": row["context"], "question": row["question"], "answers": _answers(row["answer"]),

@@ -97,6 +97,11 @@ class ICLTask(HelmetPrompt):
             test = balance_labels([test[i] for i in hf_shuffle_order(len(test), seed)], num_samples, seed, self.label)
         self.items = test  # the demos are drawn per example, when it is asked for
 
+    @classmethod
+    def from_config(cls, task: str, path, demo_path, fmt: PromptFormat, h) -> ICLTask:
+        """From `longpo eval`'s helmet.* keys (HelmetConfig): its own sample size and shots."""
+        return cls(task, path, fmt, demo_path, h.max_length, h.icl_num_samples, h.icl_shots.get(task), h.seed)
+
     def item(self, i: int) -> dict:
         row = self.items[i]
         local = (int(hashlib.sha256(row["text"].encode("utf-8")).hexdigest(), 16) + self.seed) % 2**31

@@ -98,6 +98,11 @@ class LongQATask(HelmetPrompt):
         order = hf_shuffle_order(len(kept), seed)
         self.items = [kept[i] for i in (order[:num_samples] if num_samples >= 0 else order)]
 
+    @classmethod
+    def from_config(cls, task: str, path, demo_path, fmt: PromptFormat, h) -> LongQATask:
+        """From `longpo eval`'s helmet.* keys (HelmetConfig); the demos come from the test file itself."""
+        return cls(task, path, fmt, None, h.max_length, h.num_samples, h.shots, h.seed, h.truncate_tokenizer)
+
     def _item(self, row: dict) -> dict:
         item = {"id": str(row["id"]), "context": row["context"], "question": row["input"], "demos": "",
                 "answers": list(row["answer"])}

@@ -109,6 +109,11 @@ class RerankTask(HelmetPrompt):
             demos = [d for d in demos if d["qid"] not in qids]
         self.items = [self._item(r, demos) for r in rows]
 
+    @classmethod
+    def from_config(cls, task: str, path, demo_path, fmt: PromptFormat, h) -> RerankTask:
+        """From `longpo eval`'s helmet.* keys (HelmetConfig)."""
+        return cls(task, path, fmt, demo_path, h.max_length, h.num_samples, h.shots, h.seed)
+
     def _item(self, row: dict, demos: list[dict]) -> dict:
         template = PASSAGE_TITLE if "title" in row["ctxs"][0] else PASSAGE
         demo_text = ""
