@@ -34,6 +34,11 @@ with the topology it needs (`longpo.launcher`), over the node's `devices`:
     eval        one worker per device group, each a share of the tasks, then one summary process over
                 the merged predictions (it loads no model)
 
+On `nodes` > 1 generate, reference and eval have a shard per device group of every node: the launcher
+template (as train's) runs `python -m longpo.nodes <stage>/nodes/<wave>.json` on each node, which starts
+that node's shard workers and marks `<stage>/nodes/<wave>/<rank>.done`; the driver merges (and writes
+the eval summary) on its own node once every node has finished.
+
 Folders:
 
     output_dir/base/eval                  the starting model, evaluated at the lengths it holds
@@ -62,7 +67,7 @@ from typing import Any
 
 import yaml
 
-from longpo import recipes
+from longpo import nodes, recipes
 from longpo.config import build_config, config_to_dict, write_resolved_config
 from longpo.data import generate, reference
 from longpo.errors import InputError
@@ -76,6 +81,7 @@ from longpo.launcher import (
     StageFailed,
     Worker,
     device_groups,
+    log_tail,
     run_workers,
     stage_argv,
     train_argv,
@@ -140,6 +146,7 @@ class Wave:
     workers: list[Worker] = field(default_factory=list)
     configs: dict[str, Any] = field(default_factory=dict)  # worker name -> its stage config
     merge: Callable[[], None] | None = None
+    nodes: list[list[Worker]] = field(default_factory=list)  # nodes > 1: each node's workers; `workers` the launcher
 
 
 @dataclass
@@ -156,14 +163,30 @@ def _tp(backend: str, args: dict) -> int:
     return int(args.get("tensor_parallel_size", 1)) if backend == "vllm" else 1
 
 
-def _workers(stage: str, folder: Path, name: str, configs: list[Any], groups: list[list[str]]) -> Wave:
+def _shards(cfg: Config, groups: list[list[str]]) -> int:
+    """Shard workers of a generate / reference / eval wave: every device group of every node."""
+    return len(groups) * cfg.nodes
+
+
+def _workers(stage: str, folder: Path, name: str, configs: list[Any], groups: list[list[str]],
+             cfg: Config | None = None) -> Wave:
+    """Worker k runs configs[k] on device group k % len(groups). Given the run's `cfg` with nodes > 1, node r
+    takes workers r*n .. r*n + n-1 (n groups per node) and the wave's one worker is the launcher that
+    starts `python -m longpo.nodes` on every node (as train's)."""
     wave = Wave(name)
-    for k, (cfg, devices) in enumerate(zip(configs, groups)):
+    for k, wcfg in enumerate(configs):
         worker = f"{name}-{k}" if len(configs) > 1 or name != stage else name
         path = folder / "configs" / f"{worker}.yaml"
+        devices = groups[k % len(groups)]
         wave.workers.append(Worker(worker, stage_argv(stage, path), {"CUDA_VISIBLE_DEVICES": ",".join(devices)},
                                    folder / "logs" / f"{worker}.log"))
-        wave.configs[worker] = cfg
+        wave.configs[worker] = wcfg
+    if cfg is not None and cfg.nodes > 1:
+        n = len(groups)
+        wave.nodes = [wave.workers[r * n:(r + 1) * n] for r in range(cfg.nodes)]
+        argv = wrap_launcher(cfg.launcher, nodes.node_argv(nodes.plan_path(folder, name)), nodes=cfg.nodes,
+                             nproc=len(cfg.devices), world=cfg.nodes * len(cfg.devices))
+        wave.workers = [Worker(f"{name}-nodes", argv, {}, folder / "logs" / f"{name}-nodes.log")]
     return wave
 
 
@@ -175,18 +198,22 @@ def plan_generate(cfg: Config, label: str, gen: Any, folder: Path) -> Stage:
     two = gen.phase == "long"
     size = max(_tp(gen.backend, gen.backend_args), _tp(gen.backend, {**gen.backend_args, **gen.short_backend_args}))
     groups = device_groups(cfg.devices, size, f"{label}.generate")
-    n = len(groups)
+    n = _shards(cfg, groups)
     shards = [folder / "shards" / str(k) for k in range(n)]
     waves = []
     for phase in (("short", "long") if two else ("all",)):
         configs = [_replace(gen, f"{label}.generate", phase=phase, num_shards=n, shard_index=k,
                             output_dir=str(shards[k])) for k in range(n)]
-        waves.append(_workers("generate", folder, phase, configs, groups))
+        waves.append(_workers("generate", folder, phase, configs, groups, cfg))
     merge = Wave("merge", merge=lambda: merge_generate(shards, folder))
     waves.append(merge)
     engines = "phase=short (original model) then phase=long (RoPE-raised)" if two else "one pass"
     return Stage(f"{label}: generate", folder, folder.parent / "generate.done", waves,
-                 f"{n} shard worker(s) x {size} device(s), {gen.backend}, {engines}, then merge")
+                 f"{n} shard worker(s){_per_node(cfg)} x {size} device(s), {gen.backend}, {engines}, then merge")
+
+
+def _per_node(cfg: Config) -> str:
+    return f" ({cfg.nodes} node(s) x {len(cfg.devices)} device(s))" if cfg.nodes > 1 else ""
 
 
 def merge_generate(shards: list[Path], folder: Path) -> None:
@@ -195,16 +222,16 @@ def merge_generate(shards: list[Path], folder: Path) -> None:
 
 def plan_reference(cfg: Config, label: str, ref: Any, folder: Path) -> Stage:
     groups = device_groups(cfg.devices, _tp(ref.backend, ref.backend_args), f"{label}.reference")
-    n = len(groups)
+    n = _shards(cfg, groups)
     parts = [folder / "shards" / f"{k}.jsonl" for k in range(n)]
     configs = [_replace(ref, f"{label}.reference", num_shards=n, shard_index=k, output=str(parts[k]))
                for k in range(n)]
     output = Path(ref.output)
-    waves = [_workers("reference", folder, "reference", configs, groups),
+    waves = [_workers("reference", folder, "reference", configs, groups, cfg),
              Wave("merge", merge=lambda: atomic_write_jsonl(output, sorted(
                  (row for p in parts for row in read_jsonl(p)), key=lambda r: r["id"])))]
     return Stage(f"{label}: reference", folder, folder.parent / "reference.done", waves,
-                 f"{n} shard worker(s), {ref.backend}, then concatenated by id")
+                 f"{n} shard worker(s){_per_node(cfg)}, {ref.backend}, then concatenated by id")
 
 
 def plan_train(cfg: Config, label: str, tcfg: Any, folder: Path, accelerate_config: str | None) -> Stage:
@@ -235,18 +262,19 @@ def plan_train(cfg: Config, label: str, tcfg: Any, folder: Path, accelerate_conf
 
 def plan_eval(cfg: Config, label: str, ecfg: Any, folder: Path, marker: Path) -> Stage:
     groups = device_groups(cfg.devices, _tp(ecfg.backend, ecfg.backend_args), f"{label}.eval")
-    n = len(groups)
+    n = _shards(cfg, groups)
     if n == 1:
         return Stage(f"{label}: eval", folder, marker, [_workers("eval", folder, "eval", [ecfg], groups)],
                      f"1 worker x {len(groups[0])} device(s), {ecfg.backend}")
     shards = [folder / "shards" / str(k) for k in range(n)]
     configs = [_replace(ecfg, f"{label}.eval", num_shards=n, shard_index=k, out_dir=str(shards[k]))
                for k in range(n)]
-    waves = [_workers("eval", folder, "eval", configs, groups),
+    waves = [_workers("eval", folder, "eval", configs, groups, cfg),
              Wave("merge", merge=lambda: merge_predictions(shards, folder)),
              _workers("eval", folder, "summary", [ecfg], groups[:1])]
     return Stage(f"{label}: eval", folder, marker, waves,
-                 f"{n} worker(s) x {len(groups[0])} device(s), tasks split, then one summary process")
+                 f"{n} worker(s){_per_node(cfg)} x {len(groups[0])} device(s), tasks split, then one summary "
+                 f"process")
 
 
 def merge_predictions(shards: list[Path], folder: Path) -> None:
@@ -331,6 +359,8 @@ def describe(stages: list[Stage]) -> str:
                 lines.append(f"  [{wave.name}] in the driver")
             for w in wave.workers:
                 lines.append(f"  [{wave.name}] {w.line()}  > {w.log}")
+            for rank, workers in enumerate(wave.nodes):
+                lines.extend(f"    node {rank}: {w.line()}  > {w.log}" for w in workers)
     return "\n".join(lines)
 
 
@@ -373,7 +403,15 @@ def run_stage(stage: Stage) -> None:
             atomic_write_text(path, yaml.safe_dump(config_to_dict(wcfg), sort_keys=False))
         if wave.merge is not None:
             wave.merge()
+        if wave.nodes:
+            nodes.write_plan(nodes.plan_path(stage.folder, wave.name), stage.label, stage.folder, wave.name,
+                             wave.nodes)
         run_workers(f"{stage.label} [{wave.name}]", wave.workers)
+        missing = nodes.missing_nodes(stage.folder, wave.name, len(wave.nodes))
+        if missing:
+            raise StageFailed(f"{stage.label} [{wave.name}]: node(s) {missing} did not finish although the launcher "
+                              f"exited 0; does it start the command on all {len(wave.nodes)} nodes? "
+                              f"{wave.workers[0].log}:\n{log_tail(wave.workers[0].log)}")
         atomic_write_json(done, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     atomic_write_json(stage.marker, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 

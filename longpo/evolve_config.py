@@ -33,8 +33,9 @@ class Config:
                                       "accelerate_config}")
     devices: Any = help_field(1, "GPUs of one node: a count (8) or ids ([0, 1, 2, 3]); on a machine without GPUs "
                                  "the same number of CPU worker processes (gloo for train)")
-    nodes: int = help_field(1, "nodes of the train stage (generate / reference / eval use the driver's node)")
-    launcher: str = help_field("", "template that starts the per-node train command on every node, e.g. "
+    nodes: int = help_field(1, "nodes of every stage: train's processes span them, generate / reference / eval "
+                               "have a shard per device group of each node (merged on the driver's node)")
+    launcher: str = help_field("", "template that starts a stage's per-node command on every node, e.g. "
                                    "'srun --nodes={nodes} --ntasks-per-node=1 {command}'; empty: run it here")
     rdzv_endpoint: str = help_field("", "host:port of the rendezvous when nodes > 1, e.g. $MASTER_ADDR:29500")
     master_port: int = help_field(0, "port of a one-node train launch; 0: torchrun --standalone picks a free one")

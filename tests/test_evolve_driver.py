@@ -176,3 +176,91 @@ def test_dry_run_is_a_bare_flag():
     assert split_args(["--dry-run", "base_model=/m", "--devices", "8"])[1] == ["dry_run=true", "base_model=/m",
                                                                               "devices=8"]
     assert split_args(["--launcher", "srun --nodes={nodes} {command}"])[1] == ["launcher=srun --nodes={nodes} {command}"]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The launcher of a two-node job, simulated on this machine: the per-node command twice, as srun would start it.
+TWO_NODES = "(export NODE_RANK=0; {command}) & a=$!; (export NODE_RANK=1; {command}); b=$?; wait $a && exit $b"
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_run_every_stage_and_a_rerun_skips_a_finished_node(setup, tmp_path):
+    """nodes=2 x 1 device through a launcher template that starts the per-node command twice (NODE_RANK 0 and 1):
+    generate, reference and eval have 2 shards, one per node, each node's command starting its worker and marking
+    nodes/<wave>/<rank>.done; train is one torchrun per node (c10d rendezvous, 2 gloo ranks); the driver merges.
+    Then node 1's generate marker is removed: the rerun skips node 0 and reruns node 1 only."""
+    out = tmp_path / "nodes"
+    values = setup(out, 1, 1)
+    values.update(nodes=2, launcher=TWO_NODES, rdzv_endpoint=f"127.0.0.1:{free_port()}")
+    values["iterations"][0]["generate"] = {**values["iterations"][0]["generate"], "reference": False}
+    proc = launch(values, tmp_path, "nodes")
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()[-3000:]
+
+    it = out / "it1"
+    for stage, wave, worker in (("generate", "all", "all"), ("reference", "reference", "reference"),
+                                ("eval", "eval", "eval")):
+        log = (it / stage / "logs" / f"{wave}-nodes.log").read_text()
+        for rank in range(2):
+            assert (it / stage / "nodes" / wave / f"{rank}.done").exists(), (stage, rank)
+            assert f"[{wave}] node {rank}: {worker}-{rank}" in log, log[-2000:]
+            assert (it / stage / "logs" / f"{worker}-{rank}.log").exists()
+    for rank in range(2):  # each node's generate worker took its own shard of the corpus
+        manifest = json.loads((it / "generate" / "shards" / str(rank) / "manifest.json").read_text())
+        assert (manifest["num_shards"], manifest["shard_index"]) == (2, rank)
+    train_log = (it / "train" / "logs" / "train.log").read_text()
+    assert "on 2 rank(s)" in train_log, train_log[-2000:]
+    records = by_id(it / "generate")
+    pairs = sorted(read_records(it / "pairs.jsonl"), key=lambda r: r["id"])
+    assert len(records) >= 4 and [r["id"] for r in pairs] == [r["id"] for r in records]
+    assert all(t["ref_chosen_logp"] is not None for r in pairs for t in r["turns"])
+    assert (it / "eval" / "summary.json").exists() and (out / "evolve.json").exists()
+
+    for marker in (it / "generate.done", it / "generate" / "logs" / "all.done",
+                   it / "generate" / "nodes" / "all" / "1.done"):
+        marker.unlink()
+    rerun = launch(values, tmp_path, "nodes")
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-3000:]
+    log = (it / "generate" / "logs" / "all-nodes.log").read_text()
+    assert log.count("[all] node 0: finished before, skipped") == 1 and log.count("[all] node 1: all-1") == 2, log
+    assert (it / "generate" / "logs" / "all-0.log").read_text().count("====") == 1
+    assert (it / "generate" / "logs" / "all-1.log").read_text().count("====") == 2
+    assert by_id(it / "generate") == records
+
+
+def test_dry_run_of_the_paper_recipe_on_two_nodes(tmp_path, capsys):
+    """evolve_mistral-7b with nodes=2 x 8 devices: generate, reference and eval have 16 shards, 8 per node, each
+    wave started by the launcher template as `python -m longpo.nodes <plan>`; train spans both nodes; merges and
+    the eval summary stay on the driver's node."""
+    from longpo import evolve
+    from longpo.toy.tiny import tiny_model_config
+
+    model = tmp_path / "mistral-32k"
+    config = tiny_model_config("mistral")
+    config.max_position_embeddings = 32768
+    config.save_pretrained(model)
+    cfg = load_config(evolve.Config, ROOT / "longpo" / "recipes" / "evolve_mistral-7b.yaml",
+                      [f"base_model={model}", f"output_dir={tmp_path / 'run'}", "dry_run=true", "nodes=2",
+                       "rdzv_endpoint=head:29500", "launcher=srun --nodes={nodes} --ntasks-per-node=1 {command}"])
+    assert evolve.main(cfg) == 0
+    text = capsys.readouterr().out
+    waves = [("base", "eval", "eval", 16)] + [
+        (n, stage, wave, 8 if n == "512k" and stage == "generate" else 16)
+        for n in ("128k", "256k", "512k") for stage, wave in (("generate", "short"), ("generate", "long"),
+                                                              ("reference", "reference"), ("eval", "eval"))]
+    for name, stage, wave, shards in waves:
+        block = text.split(f"[{wave}] bash -c 'srun --nodes=2 --ntasks-per-node=1 ")[1:]
+        plan = f"-m longpo.nodes {tmp_path}/run/{name}/{stage}/nodes/{wave}.json'"
+        mine = [b for b in block if b.startswith(sys.executable) and plan in b.splitlines()[0]]
+        assert len(mine) == 1, (name, stage, wave)
+        lines = [line for line in mine[0].splitlines()[1:] if line.startswith("    node ")][:shards]
+        assert [line.split(":")[0].strip() for line in lines] == ["node 0"] * (shards // 2) + ["node 1"] * (shards // 2)
+        assert f"configs/{wave}-{shards - 1}.yaml" in lines[-1]
+    assert text.count("--num_processes 16 --num_machines 2 --machine_rank") == 3  # train: across both nodes
+    assert text.count("[merge] in the driver") == 1 + 3 * 3 and text.count("[summary] CUDA_VISIBLE_DEVICES=0 ") == 4

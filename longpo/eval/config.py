@@ -95,13 +95,20 @@ class LongBenchV2Config:
 class HelmetConfig:
     enabled: bool = help_field(True, "run the HELMET tasks whose files are given (data_dir or files)")
     tasks: list[str] = help_field(list(HELMET_TASKS), "HELMET tasks: json_kv (recall), nq, triviaqa, hotpotqa, "
-                                  "popqa (RAG)")
-    data_dir: str | None = help_field(None, "HELMET's data/ folder as scripts/download_data.sh unpacks it (json_kv/, kilt/)")
+                                  "popqa (RAG), msmarco (re-rank), trec_coarse, trec_fine, banking77, clinic150, "
+                                  "nlu (ICL), infbench_qa, infbench_choice (long-document QA)")
+    data_dir: str | None = help_field(None, "HELMET's data/ folder as scripts/download_data.sh unpacks it (json_kv/, "
+                                            "kilt/, msmarco/), plus icl/<dataset>/{train,test}.jsonl written locally")
     files: dict = help_field({}, "per-task test file overrides, e.g. {nq: /data/nq.jsonl}")
-    demos: dict = help_field({}, "per-task demo file overrides of the RAG tasks")
+    demos: dict = help_field({}, "per-task demo file overrides (RAG, msmarco; ICL: the train split)")
     max_length: int = help_field(131072, "input_max_length: prompt + generation; the context is cut at its end to fit")
     num_samples: int = help_field(100, "max_test_samples (-1: all)")
-    shots: int = help_field(2, "in-context demos")
+    shots: int = help_field(2, "in-context demos of recall, RAG and re-rank")
+    icl_shots: dict = help_field({}, "ICL demos per task, default HELMET's at 131072 tokens (trec_coarse 6600, "
+                                     "trec_fine 6400, banking77 5900, clinic150 7050, nlu 8296)")
+    icl_num_samples: int = help_field(500, "ICL max_test_samples (-1: all)")
+    truncate_tokenizer: str | None = help_field(None, "long-document QA: a local copy of Llama-2's tokenizer, which "
+                                                      "HELMET cuts and filters the books with; unset: the model's")
     seed: int = help_field(42, "seed of the sample and demo draws")
 
     def __post_init__(self) -> None:

@@ -33,7 +33,11 @@ RULER_GROUPS["AVG"] = [t for members in RULER_GROUPS.values() for t in members]
 IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
 # secondary metrics (`extra` of a task result), shown beside the official ones and left out of every average
 IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
-HELMET_LABELS = {"json_kv": "JSON KV", "nq": "NQ", "triviaqa": "TriviaQA", "hotpotqa": "HotpotQA", "popqa": "PopQA"}
+HELMET_LABELS = {"json_kv": "JSON KV", "nq": "NQ", "triviaqa": "TriviaQA", "hotpotqa": "HotpotQA", "popqa": "PopQA",
+                 "msmarco": "MS MARCO", "trec_coarse": "TREC Coarse", "trec_fine": "TREC Fine",
+                 "banking77": "BANKING77", "clinic150": "CLINC150", "nlu": "NLU", "infbench_qa": "InfBench QA",
+                 "infbench_choice": "InfBench MC"}
+HELMET_AVG_LABELS = {"rag": "RAG avg", "icl": "ICL avg"}  # HELMET's Re-rank is MS MARCO alone
 LB2_LABELS = {"overall": "Overall", "easy": "Easy", "hard": "Hard", "short": "Short", "medium": "Medium",
               "long": "Long"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
@@ -78,8 +82,10 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
     helmet = {r["task"]: r["score"] for r in results if r.get("suite") == "helmet"}
     if helmet:
         rag = [helmet[t] for t in ("nq", "triviaqa", "hotpotqa", "popqa") if t in helmet]
+        icl = [helmet[t] for t in ("trec_coarse", "trec_fine", "banking77", "clinic150", "nlu") if t in helmet]
         summary["helmet"] = {**helmet, **({"recall": helmet["json_kv"]} if "json_kv" in helmet else {}),
-                             **({"rag": _mean(rag)} if rag else {})}
+                             **({"rag": _mean(rag)} if rag else {}), **({"icl": _mean(icl)} if icl else {}),
+                             **({"rerank": helmet["msmarco"]} if "msmarco" in helmet else {})}
     lb2 = [r for r in results if r.get("suite") == "longbench_v2"]
     if lb2:
         # result.py's table: accuracy overall, by difficulty and by length, each rounded to 1 decimal
@@ -144,9 +150,12 @@ def to_markdown(summary: dict, title: str = "") -> str:
                          + ", ".join(f"{IB_EXTRA_LABELS[k]} {_fmt(ib[k])}" for k in extras))
     if "helmet" in summary:
         he = summary["helmet"]
-        keys = [k for k in HELMET_LABELS if k in he] + [k for k in ("rag",) if k in he]
-        parts += ["## HELMET", _md_table([HELMET_LABELS.get(k, "RAG avg") for k in keys], [[_fmt(he[k]) for k in keys]]),
-                  "substring exact match (%) as princeton-nlp/HELMET; Recall = JSON KV here (HELMET's Recall also "
+        keys = [k for k in HELMET_LABELS if k in he] + [k for k in HELMET_AVG_LABELS if k in he]
+        parts += ["## HELMET", _md_table([{**HELMET_LABELS, **HELMET_AVG_LABELS}[k] for k in keys],
+                                         [[_fmt(he[k]) for k in keys]]),
+                  "as princeton-nlp/HELMET: substring exact match (%) for JSON KV and RAG, NDCG@10 (x 100) for "
+                  "MS MARCO (Re-rank), label exact match (%) for ICL, ROUGE-L F1 (x 100) for InfBench QA and exact match (%) "
+                  "for InfBench MC (HELMET's LongQA also has NarrativeQA, GPT-4 judged, not built); Recall = JSON KV here (HELMET's Recall also "
                   "averages RULER niah_mk_2, niah_mk_3, niah_mv, reported in the RULER table)"]
     if "longbench_v2" in summary:
         lb = summary["longbench_v2"]
@@ -228,7 +237,7 @@ def headline(summary: dict) -> dict[str, float | None]:
     for key, label in IB_EXTRA_LABELS.items():
         if key in summary.get("infinitebench", {}):
             flat[f"InfiniteBench {label}"] = summary["infinitebench"][key]
-    for key, label in {**HELMET_LABELS, "rag": "RAG avg"}.items():
+    for key, label in {**HELMET_LABELS, **HELMET_AVG_LABELS}.items():
         if key in summary.get("helmet", {}):
             flat[f"HELMET {label}"] = summary["helmet"][key]
     for key, label in LB2_LABELS.items():

@@ -38,6 +38,9 @@ from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
 from longpo.eval.tasks import helmet
+from longpo.eval.tasks.helmet_icl import ICLTask
+from longpo.eval.tasks.helmet_longqa import LongQATask
+from longpo.eval.tasks.helmet_rerank import RerankTask
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
 from longpo.eval.tasks.ruler import RulerData, RulerTask
@@ -176,6 +179,9 @@ def make_backend(cfg: Config) -> Any:
 
 
 GIVEN_DATA = ("infinitebench/", "longbench_v2/", "helmet/")
+# a HELMET category -> its task class, each built from the helmet.* keys by its own `from_config`
+HELMET_KINDS = {"recall": helmet.HelmetTask, "rag": helmet.HelmetTask, "rerank": RerankTask, "icl": ICLTask,
+                "longqa": LongQATask}
 
 
 def helmet_files(cfg: Config) -> dict[str, tuple[Path, Path | None]]:
@@ -235,8 +241,9 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     h = cfg.helmet
     for name, (path, demo) in helmet_files(cfg).items():
-        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo: helmet.HelmetTask(
-            name, path, fmt, demo, h.max_length, h.num_samples, h.shots, h.seed))
+        kind = HELMET_KINDS[helmet.CATEGORY[name]]
+        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind.from_config(
+            name, path, demo, fmt, h))
     lb = cfg.longbench_v2
     if lb.enabled and lb.data:
         add(tasks, "longbench_v2/0shot", lambda: LongBenchV2Task(lb.data, fmt, lb.max_length, lb.num_samples))

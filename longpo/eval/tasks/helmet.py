@@ -46,17 +46,34 @@ QA_USER = ("Use the given documents to write a concise and short answer to the q
 QA_SYSTEM = "Answer:"
 PASSAGE = "Document (Title: {title}): {text}"
 QA_DEMO = "{documents}\n\nQuestion: {question}\nAnswer: {answer}"
-TASKS = ("json_kv", "nq", "triviaqa", "hotpotqa", "popqa")
-CATEGORY = {"json_kv": "recall", "nq": "rag", "triviaqa": "rag", "hotpotqa": "rag", "popqa": "rag"}
-MAX_NEW_TOKENS = {"json_kv": 100, "nq": 20, "triviaqa": 20, "hotpotqa": 20, "popqa": 20}
+RECALL_RAG = ("json_kv", "nq", "triviaqa", "hotpotqa", "popqa")
+ICL = ("trec_coarse", "trec_fine", "banking77", "clinic150", "nlu")
+LONGQA = ("infbench_qa", "infbench_choice")
+# msmarco: re-rank (helmet_rerank.py); ICL: helmet_icl.py; long-document QA: helmet_longqa.py
+TASKS = (*RECALL_RAG, "msmarco", *ICL, *LONGQA)
+CATEGORY = {"json_kv": "recall", "nq": "rag", "triviaqa": "rag", "hotpotqa": "rag", "popqa": "rag",
+            "msmarco": "rerank", **dict.fromkeys(ICL, "icl"), **dict.fromkeys(LONGQA, "longqa")}
+MAX_NEW_TOKENS = {"json_kv": 100, "nq": 20, "triviaqa": 20, "hotpotqa": 20, "popqa": 20, "msmarco": 200,
+                  **dict.fromkeys(ICL, 20), **dict.fromkeys(LONGQA, 10)}
 POPQA_THRESHOLD = 3.0
 # where HELMET's scripts/download_data.sh puts each file, relative to its data/ folder (configs/recall.yaml, rag.yaml)
 DEFAULT_FILES = {"json_kv": "json_kv/test_k1800_dep6.jsonl",
                  "nq": "kilt/nq-dev-multikilt_1000_k1000_dep6.jsonl",
                  "triviaqa": "kilt/triviaqa-dev-multikilt_1000_k1000_dep6.jsonl",
                  "hotpotqa": "kilt/hotpotqa-dev-multikilt_1000_k1000_dep3.jsonl",
-                 "popqa": "kilt/popqa_test_1000_k1000_dep6.jsonl"}
-DEFAULT_DEMOS = {"nq": "kilt/nq-train-multikilt_1000_k3_dep6.jsonl",
+                 "popqa": "kilt/popqa_test_1000_k1000_dep6.jsonl",
+                 "msmarco": "msmarco/test_reranking_data_k1000_dep3.jsonl",
+                 # HELMET reads ICL from the hub; here local copies of the same splits (docs/stages/eval.md)
+                 "trec_coarse": "icl/trec/test.jsonl", "trec_fine": "icl/trec/test.jsonl",
+                 "banking77": "icl/banking77/test.jsonl", "clinic150": "icl/clinic150/validation.jsonl",
+                 "nlu": "icl/nlu/test.jsonl",
+                 "infbench_qa": "infinitebench/longbook_qa_eng.jsonl",
+                 "infbench_choice": "infinitebench/longbook_choice_eng.jsonl"}
+DEFAULT_DEMOS = {"msmarco": "msmarco/test_reranking_data_k10_dep3.jsonl",
+                 "trec_coarse": "icl/trec/train.jsonl", "trec_fine": "icl/trec/train.jsonl",
+                 "banking77": "icl/banking77/train.jsonl", "clinic150": "icl/clinic150/train.jsonl",
+                 "nlu": "icl/nlu/train.jsonl",
+                 "nq": "kilt/nq-train-multikilt_1000_k3_dep6.jsonl",
                  "triviaqa": "kilt/triviaqa-train-multikilt_1000_k3_dep6.jsonl",
                  "hotpotqa": "kilt/hotpotqa-train-multikilt_1000_k3_dep3.jsonl",
                  "popqa": "kilt/popqa_test_1000_k3_dep6.jsonl"}
@@ -109,7 +126,7 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def _require(rows: list[dict], path, fields: tuple[str, ...]) -> None:
+def require_fields(rows: list[dict], path, fields: tuple[str, ...]) -> None:
     for k, row in enumerate(rows):
         missing = [f for f in fields if f not in row]
         if missing:
@@ -123,11 +140,56 @@ def _answers(value) -> list[str]:
     return [a for group in value for a in group] if value and isinstance(value[0], list) else list(value)
 
 
-class HelmetTask:
+class HelmetPrompt:
+    """HELMET's prompt for an item {context, question, demos, answers, id}: the user template (and, for base
+    models, the answer prefix), its context cut at the end to fit `max_length - max_new_tokens`."""
+
+    task: str
+    fmt: PromptFormat
+    max_length: int
+    max_new_tokens: int
+    name: str
+    user: str
+    system: str
+    items: list
+
+    def num_examples(self) -> int:
+        return len(self.items)
+
+    def item(self, i: int) -> dict:
+        return self.items[i]
+
+    def _render(self, item: dict, context: str) -> str:
+        user = self.user.format(context=context, question=item["question"], demos=item["demos"])
+        if self.fmt.chat_template:
+            return self.fmt.render(user)
+        return self.fmt.render(user, "\n" + self.system)
+
+    def get_example(self, i: int) -> dict:
+        item = self.item(i)
+        context, budget = item["context"], self.max_length - self.max_new_tokens
+        prompt = self._render(item, context)
+        excess = self.fmt.count(prompt) - budget
+        if excess > 0:  # model_utils.tokenize: cut the context's last `excess` tokens, by character offset
+            offsets = self.fmt.tokenizer(context, return_offsets_mapping=True)["offset_mapping"]
+            if excess >= len(offsets):
+                raise PromptTooLong(f"{self.name}: example {i} needs {excess} fewer tokens than its context holds")
+            prompt = self._render(item, context[:offsets[-excess][0]])
+        return {"id": item["id"], "prompt": prompt, "answers": item["answers"], "truncated": excess > 0,
+                "prompt_tokens": self.fmt.count(prompt)}
+
+    def completion(self, prediction: str) -> str:
+        """What HELMET scores: the output up to its first newline (stop_new_line), and for base models the
+        answer prefix put back in front (eval.py)."""
+        prediction = prediction.split("\n")[0]
+        return prediction if self.fmt.chat_template else self.system + prediction
+
+
+class HelmetTask(HelmetPrompt):
     def __init__(self, task: str, path: str | Path, fmt: PromptFormat, demo_path: str | Path | None = None,
                  max_length: int = 131072, num_samples: int = 100, shots: int = 2, seed: int = 42):
-        if task not in TASKS:
-            raise ValueError(f"unknown HELMET task {task!r}; choose from {TASKS}")
+        if task not in RECALL_RAG:
+            raise ValueError(f"unknown HELMET recall / RAG task {task!r}; choose from {RECALL_RAG}")
         self.task, self.fmt, self.max_length, self.shots = task, fmt, max_length, shots
         self.max_new_tokens = MAX_NEW_TOKENS[task]
         self.name = f"helmet/{task}"
@@ -135,12 +197,12 @@ class HelmetTask:
                          "metric": "substring_exact_match"}
         rows = read_rows(path)
         if task == "json_kv":
-            _require(rows, path, ("context", "question", "answer", "demos"))
+            require_fields(rows, path, ("context", "question", "answer", "demos"))
             self.user, self.system = KV_USER, KV_SYSTEM
             order = hf_shuffle_order(len(rows), seed)[:num_samples] if num_samples >= 0 else range(len(rows))
             self.items = [self._kv_item(rows[i]) for i in order]
             return
-        _require(rows, path, ("question", "answers", "ctxs"))
+        require_fields(rows, path, ("question", "answers", "ctxs"))
         if demo_path is None and shots > 0:
             raise ValueError(f"helmet {task}: shots={shots} needs its demo file (helmet.demos.{task})")
         demos = read_rows(demo_path) if shots > 0 else []
@@ -153,6 +215,11 @@ class HelmetTask:
         picked = set(random.Random(seed).sample(keys, n)) if num_samples >= 0 else set(keys)
         self.user, self.system = QA_USER, QA_SYSTEM
         self.items = [self._qa_item(r, demos, key) for r in rows if r[key] in picked]
+
+    @classmethod
+    def from_config(cls, task: str, path, demo_path, fmt: PromptFormat, h) -> HelmetTask:
+        """From `longpo eval`'s helmet.* keys (HelmetConfig)."""
+        return cls(task, path, fmt, demo_path, h.max_length, h.num_samples, h.shots, h.seed)
 
     def _kv_item(self, row: dict) -> dict:
         demos = "\n\n".join(f"Key: {k}\nCorresponding value: {v}" for k, v in row["demos"][:self.shots])
@@ -179,28 +246,6 @@ class HelmetTask:
         context = "\n\n".join(PASSAGE.format(**c) for c in row["ctxs"])
         return {"context": context, "question": row["question"], "answers": _answers(row["answers"]),
                 "demos": demo_text, "id": str(row[key])}
-
-    def num_examples(self) -> int:
-        return len(self.items)
-
-    def _render(self, item: dict, context: str) -> str:
-        user = self.user.format(context=context, question=item["question"], demos=item["demos"])
-        if self.fmt.chat_template:
-            return self.fmt.render(user)
-        return self.fmt.render(user, "\n" + self.system)
-
-    def get_example(self, i: int) -> dict:
-        item = self.items[i]
-        context, budget = item["context"], self.max_length - self.max_new_tokens
-        prompt = self._render(item, context)
-        excess = self.fmt.count(prompt) - budget
-        if excess > 0:  # model_utils.tokenize: cut the context's last `excess` tokens, by character offset
-            offsets = self.fmt.tokenizer(context, return_offsets_mapping=True)["offset_mapping"]
-            if excess >= len(offsets):
-                raise PromptTooLong(f"{self.name}: example {i} needs {excess} fewer tokens than its context holds")
-            prompt = self._render(item, context[:offsets[-excess][0]])
-        return {"id": item["id"], "prompt": prompt, "answers": item["answers"], "truncated": excess > 0,
-                "prompt_tokens": self.fmt.count(prompt)}
 
     def score(self, example: dict, prediction: str) -> float:
         if self.task != "json_kv":
