@@ -1,4 +1,4 @@
-"""Which activation checkpointing setting fits a length on a GPU: the memory model of longpo/train/speed.py.
+"""Which activation checkpointing setting fits a length on a GPU: the memory model of longpo/train/memory.py.
 
     python benchmarks/memory_model.py                                  # Mistral-7B shape, bf16, one H200
     python benchmarks/memory_model.py --arch qwen2 --gpu-gib 79 --lengths 32768 65536
@@ -45,8 +45,8 @@ def parameter_count(spec: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from longpo.train.memory import estimate_activation_bytes, estimate_peak_bytes
     from longpo.train.packing import SharedPrefixLayout
-    from longpo.train.speed import estimate_activation_bytes, estimate_peak_bytes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=list(SHAPES), default="mistral")
