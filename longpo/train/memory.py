@@ -129,8 +129,9 @@ def estimate_activation_bytes(config: Any, row: Any, mode: str = "off", *,
         MLP recomputed     the MLP's 4 I b dropped; the backward rebuilds one MLP at a time
         tiled MLP          (`mlp_tile_tokens` t > 0) as MLP recomputed, in every layer and inside a recomputed
                            layer too, but the backward rebuilds one tile, 4 t I b, and its buffers are 2 t I b
+                           plus the tiles' input gradients (T D b)
         offload            what the layers keep moves to the host; one layer's share comes back at a time
-    plus `model_saved_bytes`; `backward` = 2 T I b (2 t I b tiled). Not counted here: weights, gradients and
+    plus `model_saved_bytes`; `backward` = 2 T I b (2 t I b + T D b tiled). Not counted here: weights, gradients and
     optimizer states (`estimate_peak_bytes` adds them), one chunk of logits (`logps.auto_chunk_size`),
     attention kernel workspace.
     """
@@ -152,7 +153,8 @@ def estimate_activation_bytes(config: Any, row: Any, mode: str = "off", *,
     fixed = model_saved_bytes(config, row, targets, dtype_bytes)
     # The MLP's backward holds three T x I gradients at once (of the product, then of silu(gate) and of up)
     # after freeing the saved product its down_proj no longer needs: net 2 T I b above the kept bytes.
-    grads = 2 * tile * config.intermediate_size * dtype_bytes
+    # Tiled: 2 t I b, plus the tiles' input gradients, T D b, which split's backward joins after the last tile.
+    grads = 2 * tile * config.intermediate_size * dtype_bytes + (layer_input if mlp_tile_tokens else 0)
     if offload:
         back = max(layer_input if mode in ("full", "every_k") else 0, layer - (mlp if no_mlp else 0))
         return ActivationBytes(saved=fixed, recompute=max(rebuilt, back), host=kept, backward=grads)
