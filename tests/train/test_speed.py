@@ -490,6 +490,15 @@ def test_memory_model_table_prints(capsys):
     assert out.count("\n| 16384 |") == 1 and "OOM" in out and "fits" in out
 
 
+def test_memory_model_longest_lengths_print(capsys):
+    """The estimate the docs quote: with every option (full checkpointing, tiled MLP, offloaded activations
+    and states) a Mistral-7B shape reaches 512K tokens on one 80 GiB GPU; without the tiled MLP it does not."""
+    load_benchmark("memory_model").main(["--longest", "--gpu-gib", "80"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Mistral-7B | 1 |"))
+    full_offloaded, everything = [int(c.strip().rstrip("K")) for c in row.split("|")[-3:-1]]
+    assert full_offloaded < 512 <= everything, row
+
+
 @pytest.mark.slow
 def test_sequence_parallel_with_recomputed_offloaded_layers_equals_one_process(tmp_path):
     """`longpo train sp_size=2` on 2 gloo ranks with activation_checkpointing: full and offload_activations
