@@ -165,7 +165,7 @@ def describe(model_dir: str, shape: Any, tokens: int, gpus: int, gpu_gib: float,
               "  mixed_precision: bf16",
               "launch: ZeRO-3 or FSDP2 over all GPUs (longpo recipes copy accelerate/zero3 | accelerate/fsdp2)"
               + ("; parameters and optimizer state offloaded to host memory (DeepSpeed offload_param and "
-                 "offload_optimizer device: cpu)" if chosen.offload_states else "")]
+                 "offload_optimizer device: cpu; not a packaged recipe yet)" if chosen.offload_states else "")]
     parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in chosen.parts.items())
     lines.append(f"predicted peak per GPU: {chosen.peak_bytes / GIB:.1f} GiB of {gpu_gib:g} ({parts}); "
                  f"host: {chosen.host_bytes / GIB:.1f} GiB per GPU")
