@@ -7,7 +7,7 @@ Only MODEL_DIR/config.json is read (no weights). The layouts are tried cheapest 
 fits is printed with its predicted peak per GPU:
 
   state placement   weights, gradients and optimizer state sharded over all GPUs (ZeRO-3 / FSDP2), on the
-                    GPUs first, then offloaded to host memory (DeepSpeed offload_param / offload_optimizer)
+                    GPUs first, then offloaded to host memory (recipes accelerate/zero3_offload, fsdp2_offload)
   sp_size           powers of two up to the GPU count and the query-head count, smallest first
   activations       checkpointing off, tiled MLP, every 2nd layer + tiled MLP, full, full + tiled MLP,
                     full + tiled MLP + activations offloaded to the host
@@ -163,9 +163,10 @@ def describe(model_dir: str, shape: Any, tokens: int, gpus: int, gpu_gib: float,
               f"  # {chosen.gradient_accumulation_steps * gpus // chosen.sp_size} pairs per step on "
               f"{gpus // chosen.sp_size} data-parallel group(s)",
               "  mixed_precision: bf16",
-              "launch: ZeRO-3 or FSDP2 over all GPUs (longpo recipes copy accelerate/zero3 | accelerate/fsdp2)"
-              + ("; parameters and optimizer state offloaded to host memory (DeepSpeed offload_param and "
-                 "offload_optimizer device: cpu; not a packaged recipe yet)" if chosen.offload_states else "")]
+              ("launch: ZeRO-3 or FSDP2 with parameters and optimizer state in host memory (longpo recipes copy "
+               "accelerate/zero3_offload | accelerate/fsdp2_offload; num_processes: the GPU count)"
+               if chosen.offload_states else
+               "launch: ZeRO-3 or FSDP2 over all GPUs (longpo recipes copy accelerate/zero3 | accelerate/fsdp2)")]
     parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in chosen.parts.items())
     lines.append(f"predicted peak per GPU: {chosen.peak_bytes / GIB:.1f} GiB of {gpu_gib:g} ({parts}); "
                  f"host: {chosen.host_bytes / GIB:.1f} GiB per GPU")
