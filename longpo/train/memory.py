@@ -161,6 +161,13 @@ def estimate_activation_bytes(config: Any, row: Any, mode: str = "off", *,
     return ActivationBytes(saved=fixed + kept, recompute=rebuilt, host=0, backward=grads)
 
 
+def ulysses_size(sp_size: int, num_heads: int) -> int:
+    """Ranks that split the heads (Ulysses) in an SP group: sp_size itself up to the head count, past it the
+    largest divisor of sp_size not above the head count; the sp_size / u groups of u split the sequence
+    (`parallel.split_sp_group`). Here, torch-free, because `longpo plan` needs it too."""
+    return max(d for d in range(1, min(sp_size, num_heads) + 1) if sp_size % d == 0)
+
+
 def parameter_count(config: Any) -> int:
     """Parameters of a Llama / Mistral / Qwen2-style causal LM from its config numbers: embeddings (and an
     untied head), per layer q / k / v / o (Qwen2's q / k / v biases, `attention_bias`), a gated MLP of three

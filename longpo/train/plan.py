@@ -8,7 +8,8 @@ fits is printed with its predicted peak per GPU:
 
   state placement   weights, gradients and optimizer state sharded over all GPUs (ZeRO-3 / FSDP2), on the
                     GPUs first, then offloaded to host memory (recipes accelerate/zero3_offload, fsdp2_offload)
-  sp_size           powers of two up to the GPU count and the query-head count, smallest first
+  sp_size           powers of two up to the GPU count, smallest first (past the query-head count the keys and
+                    values of the other segments are gathered: `parallel.split_sp_group`)
   activations       checkpointing off, tiled MLP, every 2nd layer + tiled MLP, full, full + tiled MLP,
                     full + tiled MLP + activations offloaded to the host
 
@@ -19,6 +20,8 @@ Per GPU (bytes, P parameters, W GPUs, b = 2 for bf16 activations):
   activations `memory.estimate_activation_bytes` of one row of length / sp_size tokens (each SP rank holds
               its shard's activations and the attention of its heads over the whole row)
   logits      one log-prob chunk: three float32 copies of 16M entries (`models.auto_chunk_size`)
+  gathered    past the head count (sp_size = u x r): the other r - 1 segments' keys and values of the local
+              heads, 2 Dq b per token (CUDA repeats grouped-query heads), in each layer kept whole
 Not counted: the Ulysses all-to-all buffers, allocator fragmentation, CUDA context (about 0.5-1 GiB).
 """
 
@@ -32,7 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from longpo.errors import InputError
-from longpo.train.memory import estimate_activation_bytes, parameter_count
+from longpo.train.memory import estimate_activation_bytes, parameter_count, ulysses_size
 
 OPTIMIZER_BYTES = {"rmsprop": 4, "adamw": 8, "sgd": 0}  # optimizer state per parameter, float32
 ACTIVATIONS = (  # (activation_checkpointing, checkpoint_every_k, tiled MLP, offload_activations), cheapest first
@@ -108,6 +111,11 @@ def layout_bytes(shape: Any, tokens: int, gpus: int, sp_size: int, activations: 
     parts, host = state_bytes(shape, gpus, optimizer, offload_states)
     parts = {**parts, "activations kept": act.saved, "recomputed layer": act.recompute, "backward buffers": act.backward,
              "logits chunk": LOGITS_BYTES}
+    u = ulysses_size(sp_size, shape.num_attention_heads)
+    if u < sp_size:  # past the head count: each rank also holds the other segments' keys / values of its heads
+        head_dim = getattr(shape, "head_dim", None) or shape.hidden_size // shape.num_attention_heads
+        layers_kept = 1 if mode == "full" else shape.num_hidden_layers
+        parts["gathered keys/values"] = (sp_size // u - 1) * shard * 2 * shape.num_attention_heads * head_dim * 2 * layers_kept
     dp = gpus // sp_size
     return Layout(sp_size=sp_size, activation_checkpointing=mode, checkpoint_every_k=every_k,
                   mlp_tile_tokens=tile if tiled else 0, offload_activations=offload, offload_states=offload_states,
@@ -118,8 +126,7 @@ def layout_bytes(shape: Any, tokens: int, gpus: int, sp_size: int, activations: 
 def candidate_layouts(shape: Any, tokens: int, gpus: int, optimizer: str = "rmsprop", tile: int = 4096,
                       pairs_per_step: int = 8) -> list[Layout]:
     """Every layout `plan_layout` considers, cheapest first."""
-    heads = shape.num_attention_heads
-    sizes = [s for s in (2**i for i in range(int(math.log2(gpus)) + 1)) if gpus % s == 0 and s <= heads]
+    sizes = [s for s in (2**i for i in range(int(math.log2(gpus)) + 1)) if gpus % s == 0]
     return [layout_bytes(shape, tokens, gpus, sp, acts, offload_states, optimizer, tile, pairs_per_step)
             for offload_states in (False, True) for sp in sizes for acts in ACTIVATIONS]
 

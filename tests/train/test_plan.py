@@ -72,3 +72,14 @@ def test_plan_says_when_nothing_fits_and_refuses_what_it_cannot_model(model_dir,
 def test_longest_length_is_a_boundary():
     fits = lambda shape, tokens, gpus, gib: tokens <= 300_000  # noqa: E731
     assert plan.longest_length(None, 1, 80, fits) == 299_008
+
+
+def test_sp_past_the_head_count_counts_the_gathered_keys(tmp_path):
+    """A SmolLM2-135M shape (9 heads) on 16 GPUs may use sp 16 (Ulysses groups of 8 x 2 segments); the rank
+    then also holds the other segment's keys and values: 1 x (T / 16) x 2 x Dq x 2 bytes in the recomputed layer."""
+    shape = plan.SimpleNamespace(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                 num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                 tie_word_embeddings=True)
+    lay = plan.layout_bytes(shape, 1 << 20, 16, 16, ("full", 1, True, False), False, "rmsprop", 4096, 8)
+    assert lay.parts["gathered keys/values"] == (1 << 20) // 16 * 2 * 576 * 2
+    assert 16 in {lay.sp_size for lay in plan.candidate_layouts(shape, 1 << 20, 16)}
