@@ -5,6 +5,9 @@
 #   bash benchmarks/gpu_session.sh [OUT_DIR]         # logs and tables land in OUT_DIR (default gpu-out)
 #   bash benchmarks/gpu_session.sh OUT_DIR speed     # issue 17 instead: the speed options' CUDA tests and the
 #                                                    # comparison table (ours x options, plain, TRL), < 10 min
+#   bash benchmarks/gpu_session.sh OUT_DIR longest   # issue 25 instead: the tiled MLP's CUDA tests, then the
+#                                                    # longest length of a 7B shape with and without each
+#                                                    # option (peak GiB, tokens/s; OOM marks the ceiling)
 #
 # The speed mode wants pure-Python wheels for the image's Python in .whl/ as well:
 #   pip download --no-deps -d .whl liger-kernel==0.8.5 trl==1.16.0 datasets dill multiprocess xxhash
@@ -44,6 +47,18 @@ if [ "$mode" = speed ]; then
   part speed_32k 100 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 32768 --rows plain trl+liger
   part speed_16k 90 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 16384 \
     --rows ckpt=mlp ckpt=every_2 compile+liger+mlp compile+liger+every_2
+  echo "=== done $(date +%T)"
+  exit 0
+fi
+
+if [ "$mode" = longest ]; then
+  # bf16 weights and gradients, no optimizer state (as the 2026-11-30 H200 table); one pair per row. By the
+  # memory model (benchmarks/memory_model.py --gpu-gib 79) on an H100: full fits 64K, full+tiled 128K,
+  # full+tiled+offload 256K. One step per length: the 256K steps take minutes.
+  part longest_tests 120 python3 -m pytest -q -rs -s -p no:cacheprovider tests/train/test_speed.py -k "cuda and tiled"
+  part longest_full 150 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 65536 131072 --rows ckpt=full ckpt=full+tiled
+  part longest_offload 300 python3 benchmarks/gpu_throughput.py --steps 1 --lengths 131072 196608 262144 \
+    --rows ckpt=full+offload ckpt=full+tiled+offload
   echo "=== done $(date +%T)"
   exit 0
 fi

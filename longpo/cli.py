@@ -65,6 +65,8 @@ MODEL_FOLDER_STAGES = ("generate", "reference", "train", "eval")
 COMMANDS = {
     "recipes": "list the packaged recipes; `recipes copy NAME [DEST]` writes one out to edit",
     "plot": "redraw RUN_DIR/training.png from a (live or finished) training run's metrics.jsonl",
+    "plan": "the training layout (sp_size, checkpointing, tiled MLP, offload, accumulation) that fits a length on "
+            "N GPUs, with the predicted peak per GPU (estimate; reads MODEL_DIR/config.json only)",
 }
 USAGE = "longpo <stage> [--config FILE.yaml | --config RECIPE] [key=value ...] [-v] [--debug]"
 # Libraries whose INFO lines (accelerate: five per checkpoint) and bars drown the stage's own output.
@@ -81,6 +83,7 @@ def usage() -> str:
     lines += ["", "sub-commands:", "  longpo generate merge --inputs DIR [DIR ...] --output DIR",
               "  longpo generate inspect DIR [--n N] [--seed S]",
               "  longpo eval compare RUN_A RUN_B", "  longpo recipes copy NAME [DEST]", "  longpo plot RUN_DIR [--out FILE]",
+              "  longpo plan MODEL_DIR --length TOKENS --gpus N --gpu-gib GIB",
               "", "--config takes a YAML file or a packaged recipe's name (`longpo recipes` lists them).",
               "`longpo <stage> --help` lists every config key of a stage with its default and meaning.",
               "-v / --verbose: third-party INFO logs and progress bars too; --debug: tracebacks of input errors."]
@@ -225,7 +228,29 @@ def plot_command(argv: list[str]) -> int:
     return 0 if figure is not None else 1
 
 
-RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command}
+def plan_command(argv: list[str]) -> int:
+    from longpo.train import plan
+
+    ap = argparse.ArgumentParser(prog="longpo plan", description=COMMANDS["plan"])
+    ap.add_argument("model_dir", help="a model folder with a config.json (Llama / Mistral / Qwen2-style; no weights needed)")
+    ap.add_argument("--length", type=int, required=True, help="tokens of one packed row (prompt + both answers)")
+    ap.add_argument("--gpus", type=int, default=1, help="GPUs in all (a power of two)")
+    ap.add_argument("--gpu-gib", type=float, default=80.0, help="memory per GPU, GiB")
+    ap.add_argument("--optimizer", choices=sorted(plan.OPTIMIZER_BYTES), default="rmsprop")
+    ap.add_argument("--tile", type=int, default=4096, help="mlp_tile_tokens when the tiled MLP is used")
+    ap.add_argument("--pairs-per-step", type=int, default=8, help="pairs per optimizer step (sets the accumulation)")
+    args = ap.parse_args(argv)
+    if args.length < 1 or args.gpus < 1 or args.gpus & (args.gpus - 1):
+        raise InputError(f"--length {args.length} --gpus {args.gpus}: the length must be positive and the GPU count "
+                         f"a power of two")
+    shape = plan.read_model_shape(args.model_dir)
+    chosen, tried = plan.plan_layout(shape, args.length, args.gpus, args.gpu_gib, optimizer=args.optimizer,
+                                     tile=args.tile, pairs_per_step=args.pairs_per_step)
+    print(plan.describe(args.model_dir, shape, args.length, args.gpus, args.gpu_gib, args.optimizer, chosen, tried))
+    return 0 if chosen is not None else 1
+
+
+RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command, "plan": plan_command}
 
 
 # ------------------------------------------------------------------------------------- stages

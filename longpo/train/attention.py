@@ -125,18 +125,28 @@ def _span_attention(q, k, v, opts: AttentionOptions, gqa_native: bool) -> torch.
     return torch.cat(outs, dim=2)
 
 
-def _sdpa_spans(q, k, v, layout: SharedPrefixLayout, opts: AttentionOptions) -> torch.Tensor:
+def _sdpa_spans(q, k, v, layout: SharedPrefixLayout, opts: AttentionOptions,
+                query_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """q holds the queries of positions [qa, qb) of the row (all of it without `query_range`), k / v all keys.
+
+    A span cut to [qa, qb) keeps its keys up to its last kept query: the last key range of every span is the
+    span's own queries, so cutting it at the last query keeps "causal, aligned to the last key" exact."""
     # CPU SDPA handles grouped-query heads itself; CUDA's lower-right kernels want equal head counts.
     gqa_native = q.device.type == "cpu"
-    outs, end = [], 0
+    qa, qb = query_range or (0, layout.total_len)
+    outs, end = [], qa
     for q0, q1, kv_ranges in layout.spans():
-        assert q0 == end, f"layout spans must tile the row in order (gap at {end}..{q0})"
-        kk = torch.cat([k[:, :, a:b] for a, b in kv_ranges], dim=2) if len(kv_ranges) > 1 else k[:, :, q0:q1]
-        vv = torch.cat([v[:, :, a:b] for a, b in kv_ranges], dim=2) if len(kv_ranges) > 1 else v[:, :, q0:q1]
-        outs.append(_span_attention(q[:, :, q0:q1], kk, vv, opts, gqa_native))
-        end = q1
-    if end < q.shape[2]:  # padding rows attend nowhere; their outputs never reach a loss
-        outs.append(q.new_zeros(q.shape[0], q.shape[1], q.shape[2] - end, v.shape[3]))
+        c0, c1 = max(q0, qa), min(q1, qb)
+        if c0 >= c1:
+            continue
+        assert c0 == end, f"layout spans must tile the row in order (gap at {end}..{c0})"
+        ranges = (*kv_ranges[:-1], (kv_ranges[-1][0], c1))
+        kk = torch.cat([k[:, :, a:b] for a, b in ranges], dim=2) if len(ranges) > 1 else k[:, :, ranges[0][0]:c1]
+        vv = torch.cat([v[:, :, a:b] for a, b in ranges], dim=2) if len(ranges) > 1 else v[:, :, ranges[0][0]:c1]
+        outs.append(_span_attention(q[:, :, c0 - qa:c1 - qa], kk, vv, opts, gqa_native))
+        end = c1
+    if end < qb:  # padding rows attend nowhere; their outputs never reach a loss
+        outs.append(q.new_zeros(q.shape[0], q.shape[1], qb - end, v.shape[3]))
     return torch.cat(outs, dim=2)
 
 
@@ -218,19 +228,26 @@ def shared_prefix_attention(
     backend: str = "sdpa",
     block_mask: Any = None,
     opts: AttentionOptions | None = None,
+    query_range: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Attention under a shared-prefix layout over the full sequence; returns (B, H, T, D).
 
     `opts` carries the layer's sliding window, softcapping and sinks (its `scaling` wins over `scaling`).
+    `query_range` (a, b): q holds only the queries of positions [a, b) (k / v still the whole row), and the
+    result is theirs, (B, H, b - a, D): sequence parallel past the head count (`parallel.py`); sdpa only.
     """
-    assert q.shape[2] == layout.total_len, f"q has {q.shape[2]} positions, layout {layout.total_len}"
+    qa, qb = query_range or (0, layout.total_len)
+    assert q.shape[2] == qb - qa and k.shape[2] == layout.total_len, \
+        f"q has {q.shape[2]} positions, k {k.shape[2]}, for queries [{qa}, {qb}) of a layout of {layout.total_len}"
     assert q.shape[1] % k.shape[1] == 0, f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
     opts = opts or AttentionOptions(scaling=scaling)
     if opts.sinks is not None:
         assert opts.sinks.shape == (q.shape[1],), f"{tuple(opts.sinks.shape)} sinks for {q.shape[1]} query heads"
     q, k, v = _common_dtype(q, k, v)
     if backend == "sdpa":
-        return _sdpa_spans(q, k, v, layout, opts)
+        return _sdpa_spans(q, k, v, layout, opts, query_range)
+    if query_range is not None:
+        raise ValueError("a query range (sequence parallel past the head count) needs attention_backend=sdpa")
     if backend == "flex":
         if block_mask is None:
             block_mask = build_block_mask(layout, q.device, opts.window)

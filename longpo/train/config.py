@@ -45,6 +45,9 @@ class Config:
     activation_checkpointing: str = help_field("off", "what the backward recomputes: off, full (every decoder layer), "
                                                       "every_k (layers 0, k, 2k, ...), mlp (each layer's MLP only)")
     checkpoint_every_k: int = help_field(2, "k of activation_checkpointing: every_k")
+    mlp_tile_tokens: int = help_field(0, "sequence-tiled MLP: run each decoder layer's MLP over tiles of this many "
+                                         "tokens, forward and backward, recomputing a tile's intermediates in the "
+                                         "backward (0: off; e.g. 8192 at 128K+ tokens)")
     offload_activations: bool = help_field(False, "keep what the decoder layers save for the backward in host memory")
     compile_layers: bool = help_field(False, "torch.compile each decoder layer (dynamic lengths; attention stays eager)")
     liger_kernels: bool = help_field(False, "Liger's fused RMSNorm / SwiGLU / RoPE (CUDA; pip install 'longpo[liger]')")
@@ -143,5 +146,10 @@ def check_speed_options(cfg: Any) -> None:
     if cfg.gradient_checkpointing and cfg.offload_activations:
         raise ValueError("offload_activations needs our checkpointing, not transformers': set gradient_checkpointing: "
                          "false and activation_checkpointing: full (or every_k / mlp / off)")
+    if cfg.mlp_tile_tokens < 0:
+        raise ValueError(f"mlp_tile_tokens={cfg.mlp_tile_tokens} must not be negative (0 turns the tiled MLP off)")
+    if cfg.mlp_tile_tokens and cfg.compile_layers:
+        raise ValueError("mlp_tile_tokens with compile_layers has not been checked (a compiled layer would trace "
+                         "the tile loop): set compile_layers: false, or mlp_tile_tokens: 0")
     if cfg.liger_kernels and cfg.sp_size > 1:
         raise ValueError("liger_kernels with sp_size > 1 has not been checked: set liger_kernels: false, or sp_size: 1")

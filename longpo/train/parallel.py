@@ -28,6 +28,10 @@ Head split: query heads are split as evenly as possible (28 heads on 8 ranks: 4,
 each rank receives the key/value heads its query heads use, so kv heads are replicated when there
 are fewer than sp_size of them or the split cuts a group (the all-to-all's backward sums the
 replicas' gradients).
+
+Past the head count (sdpa): an SP group of sp_size = u x r ranks is r Ulysses groups of u
+(`ulysses_size`, `split_sp_group`); Ulysses group g holds segment g of the row, gathers the keys and
+values of the other segments over its key/value group, and runs the core on its queries only.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from longpo.train.attention import (
 )
 from longpo.train.logps import ForwardOutput, forward_pairs
 from longpo.train.loss import PairLogps
+from longpo.train.memory import ulysses_size
 from longpo.train.packing import LogpTargets, PackedBatch
 
 
@@ -271,20 +276,50 @@ def _heads_to_seq(o: torch.Tensor, q_counts: list[int], rank: int, group: Any) -
     return out.permute(1, 2, 0, 3)
 
 
+class _GatherSequence(torch.autograd.Function):
+    """all_gather of (B, H, L, D) along the sequence (dim 2) in group-rank order; backward: the gradients of
+    the whole gathered sequence summed over the group (every rank's queries used these keys), this rank's slice.
+
+    (A reduce-scatter would move less; gloo has none, and all_reduce + slice is the same sum on every backend.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group, ctx.rank, ctx.length = group, dist.get_rank(group), x.shape[2]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        return torch.cat(parts, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[:, :, ctx.rank * ctx.length : (ctx.rank + 1) * ctx.length], None
+
+
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Any, group: Any,
                       scaling: float | None = None, backend: str = "sdpa", block_mask: Any = None,
-                      opts: AttentionOptions | None = None) -> torch.Tensor:
+                      opts: AttentionOptions | None = None, kv_group: Any = None) -> torch.Tensor:
     """Shared-prefix attention of sequence-sharded q (B, H, T/sp, D), k/v (B, Hkv, T/sp, D); (B, T/sp, H, D).
 
+    `group` is the Ulysses group (heads are split over it). With `kv_group` (sequence parallel past the head
+    count, `parallelize`): the Ulysses group holds segment g of r = |kv_group| contiguous segments of the row;
+    after the all-to-all its keys / values are all-gathered over `kv_group` (the ranks with the same heads in
+    the other segments) and the segment's queries attend to the whole row (`query_range`).
     Windows and softcapping apply to every head alike; sinks are per query head, so each rank keeps its own."""
     sp, rank = dist.get_world_size(group), dist.get_rank(group)
     plan = plan_heads(q.shape[1], k.shape[1], sp)
     qa, qb = plan.q_ranges[rank]
     ka, kb = plan.kv_ranges[rank]
     n_rep = q.shape[1] // k.shape[1]
-    q_full = _seq_to_heads(q, plan.q_ranges, rank, group)  # (B, h, T, D)
+    q_full = _seq_to_heads(q, plan.q_ranges, rank, group)  # (B, h, T, D); T/r with kv_group
     k_full = _seq_to_heads(k, plan.kv_ranges, rank, group)  # (B, hkv, T, D)
     v_full = _seq_to_heads(v, plan.kv_ranges, rank, group)
+    query_range = None
+    if kv_group is not None:
+        segment, g = q_full.shape[2], dist.get_rank(kv_group)
+        k_full, v_full = _GatherSequence.apply(k_full, kv_group), _GatherSequence.apply(v_full, kv_group)
+        query_range = (g * segment, (g + 1) * segment)
     h, hkv = qb - qa, kb - ka
     kv_of_q = torch.arange(qa, qb) // n_rep - ka  # local kv head of each local query head
     grouped = h % hkv == 0 and torch.equal(kv_of_q, torch.arange(h) // (h // hkv))
@@ -294,11 +329,12 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
     opts = opts or AttentionOptions(scaling=scaling)
     if opts.sinks is not None:
         opts = replace(opts, sinks=opts.sinks[qa:qb])
-    out = shared_prefix_attention(q_full, k_full, v_full, layout, backend=backend, block_mask=block_mask, opts=opts)
+    out = shared_prefix_attention(q_full, k_full, v_full, layout, backend=backend, block_mask=block_mask, opts=opts,
+                                  query_range=query_range)
     return _heads_to_seq(out, plan.q_counts, rank, group)
 
 
-def _make_hf_ulysses_attention(backend: str, group: Any):
+def _make_hf_ulysses_attention(backend: str, group: Any, kv_group: Any = None):
     plain = make_hf_attention(backend)
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -310,7 +346,7 @@ def _make_hf_ulysses_attention(backend: str, group: Any):
         kwargs.pop(LAYOUT_KWARG)
         opts = attention_options(module, scaling, kwargs)
         return ulysses_attention(query, key, value, layout, group, backend=backend, block_mask=block_mask,
-                                 opts=opts), None
+                                 opts=opts, kv_group=kv_group), None
 
     return attention
 
@@ -327,8 +363,35 @@ def parallelize(model: Any, mesh: Mesh, backend: str = "sdpa") -> Any:
         set_attention(model, register_shared_prefix_attention(backend))
         return model
     heads = model.config.num_attention_heads
-    plan_heads(heads, getattr(model.config, "num_key_value_heads", None) or heads, mesh.sp_size)  # fail early
+    u = ulysses_size(mesh.sp_size, heads)
+    plan_heads(heads, getattr(model.config, "num_key_value_heads", None) or heads, u)  # fail early
+    group, kv_group = mesh.sp_group, None
+    if u < mesh.sp_size:
+        if backend != "sdpa":
+            raise ValueError(f"sp_size={mesh.sp_size} exceeds the {heads} attention heads, which needs "
+                             f"attention_backend=sdpa (keys / values gathered across {mesh.sp_size // u} groups)")
+        group, kv_group = split_sp_group(mesh, u)
     name = register_shared_prefix_attention(backend, name=ulysses_attention_name(backend),
-                                            fn=_make_hf_ulysses_attention(backend, mesh.sp_group))
+                                            fn=_make_hf_ulysses_attention(backend, group, kv_group))
     set_attention(model, name)
     return model
+
+
+def split_sp_group(mesh: Mesh, u: int) -> tuple[Any, Any]:
+    """(Ulysses group, key/value group) of this rank: SP rank s = g * u + j is rank j of Ulysses group g (segment
+    g of the row, since `shard_batch` gives rank s the s-th slice) and rank g of key/value group j. Every rank
+    creates every group, in the same order."""
+    sp, r = mesh.sp_size, mesh.sp_size // u
+    mine: dict[str, Any] = {}
+    for d in range(mesh.dp_size):
+        for g in range(r):
+            ranks = [d * sp + g * u + j for j in range(u)]
+            group = dist.new_group(ranks)
+            if mesh.rank in ranks:
+                mine["ulysses"] = group
+        for j in range(u):
+            ranks = [d * sp + g * u + j for g in range(r)]
+            group = dist.new_group(ranks)
+            if mesh.rank in ranks:
+                mine["kv"] = group
+    return mine["ulysses"], mine["kv"]

@@ -87,7 +87,8 @@ def step_shape(cfg: Config, world: int) -> dict:
 # and how often to save): a rerun with other values resumes. Every other key is in the run's fingerprint.
 FINGERPRINT_EXEMPT = ("output_dir", "progress_bar", "save_steps", "keep_checkpoints", "report_to", "resume", "export_dir",
                       "gradient_checkpointing", "logp_chunk_size", "attention_backend", "activation_checkpointing",
-                      "checkpoint_every_k", "offload_activations", "compile_layers", "liger_kernels")
+                      "checkpoint_every_k", "offload_activations", "compile_layers", "liger_kernels",
+                      "mlp_tile_tokens")
 OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_config.yaml", "logs", "final",
            ".tmp-final", "original_model", "tiny_records.jsonl")
 

@@ -10,6 +10,10 @@ that one decision and nothing else: a distributed launch that accelerate would r
 multi-device launch over gloo on the CPU (`ACCELERATE_TORCH_DEVICE=cpu`), so accelerate's own FSDP2 path
 (`fully_shard` per decoder layer, gradient reduce-scatter, DTensor clipping, state-dict gathering) runs
 exactly as on GPUs. torch's FSDP2 itself supports CPU meshes over gloo.
+
+With `fsdp_offload_params` accelerate builds `CPUOffloadPolicy()`, which pins host memory, and pinning needs
+an accelerator: the shim makes the policy's default `pin_memory=False` (a subclass, so every isinstance
+check still holds); offloading itself is unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ def patch_accelerate_for_cpu_fsdp() -> None:
 
     PartialState._prepare_backend = prepare_backend
     os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+
+    import dataclasses
+
+    import torch.distributed.fsdp as fsdp
+
+    @dataclasses.dataclass
+    class UnpinnedCPUOffloadPolicy(fsdp.CPUOffloadPolicy):
+        pin_memory: bool = False
+
+    fsdp.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
 
 
 if __name__ == "__main__":

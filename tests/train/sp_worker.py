@@ -62,6 +62,12 @@ SUITES = {
         Case("llama-dp2xsp2", "llama", 4, 2, 64, n_turns=2, sp=2, samples=2),
         Case("qwen2-dp2xsp2-3heads", "qwen2", 3, 1, 48, n_turns=1, sp=2, samples=2, odd_length=True),
     ],
+    "past_heads": [  # sp_size above the head count: Ulysses groups of u ranks x r key/value-gathering groups
+        Case("llama-sp4-2heads", "llama", 2, 1, 32, n_turns=2, sp=4, odd_length=True),  # u 2 x r 2
+        Case("qwen2-sp4-3heads", "qwen2", 3, 1, 48, n_turns=1, sp=4),  # u 2 (heads 2 + 1) x r 2
+        Case("mistral-sp4-1head", "mistral", 1, 1, 32, nll_mode="responses", sp=4),  # u 1 x r 4
+        Case("llama-dp2xsp2-1head", "llama", 1, 1, 32, n_turns=2, sp=2, samples=2, steps=2),  # u 1 x r 2, dp 2
+    ],
 }
 
 

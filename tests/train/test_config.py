@@ -2,7 +2,7 @@
 torch side accepts (the CLI validates against the names before torch loads)."""
 
 from longpo.models import DTYPES
-from longpo.train import attention, speed
+from longpo.train import attention, memory
 from longpo.train.config import (
     ATTENTION_BACKENDS,
     CHECKPOINT_MODES,
@@ -16,7 +16,7 @@ def test_dtype_names_are_the_dtypes_models_can_load():
 
 
 def test_the_torch_modules_read_the_same_names():
-    assert attention.BACKENDS == ATTENTION_BACKENDS and speed.CHECKPOINT_MODES == CHECKPOINT_MODES
+    assert attention.BACKENDS == ATTENTION_BACKENDS and memory.CHECKPOINT_MODES == CHECKPOINT_MODES
     for dtype in DTYPE_NAMES:
         assert Config(dtype=dtype).dtype == dtype
 

@@ -16,7 +16,7 @@ import torch
 
 from longpo.data.records import tokenize_pair
 from longpo.train.packing import pack_pairs
-from longpo.train.parallel import Mesh, init_mesh, padded_length, plan_heads, shard_batch
+from longpo.train.parallel import Mesh, init_mesh, padded_length, plan_heads, shard_batch, ulysses_size
 from tests.conftest import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +105,40 @@ def test_sp4_and_dp2_x_sp2_equal_one_process(tmp_path):
     report = _torchrun(4, "sp4", tmp_path)
     assert len(report) == 5, f"cases run: {sorted(report)}"
     assert report["mistral-sp4-10heads-oddlen"]["min_targets_per_shard"] == 0, "no rank ran without targets"
+
+
+@pytest.mark.slow
+def test_sp_past_the_head_count_equals_one_process(tmp_path):
+    """sp 4 on models with 2, 3 and 1 query heads (Ulysses groups of 2, 2 and 1 ranks, keys and values gathered
+    across 2, 2 and 4 segments), and dp 2 x sp 2 with one head over 2 optimizer steps: loss, every metric and
+    every gradient (and the weights) match one process, float64."""
+    report = _torchrun(4, "past_heads", tmp_path)
+    assert len(report) == 4, f"cases run: {sorted(report)}"
+    assert report["llama-dp2xsp2-1head"]["weight"] < 1e-10, report
+
+
+@pytest.mark.parametrize("opts", [None, dict(window=6), dict(softcap=3.0), dict(sinks=True)])
+def test_a_query_range_equals_its_slice_of_the_whole_rows_attention(opts):
+    """`shared_prefix_attention(q[a:b], k, v, query_range=(a, b))` = rows a..b of the attention of the whole row,
+    for ranges that cut prefix and branch spans and padding, with windows, softcapping and sinks (float64)."""
+    from longpo.train.attention import AttentionOptions, shared_prefix_attention
+    from longpo.train.packing import SharedPrefixLayout
+
+    torch.manual_seed(0)
+    layout = SharedPrefixLayout(pairs=((0, 20, 7, 5), (32, 10, 4, 6)), total_len=56)
+    q, k, v = (torch.randn(1, h, 56, 8, dtype=torch.float64) for h in (4, 2, 2))
+    if opts and opts.get("sinks"):
+        opts = dict(sinks=torch.randn(4, dtype=torch.float64))
+    opts = AttentionOptions(**(opts or {}))
+    whole = shared_prefix_attention(q, k, v, layout, opts=opts)
+    for a, b in ((0, 14), (14, 28), (28, 42), (42, 56), (3, 25), (50, 56)):
+        part = shared_prefix_attention(q[:, :, a:b], k, v, layout, opts=opts, query_range=(a, b))
+        torch.testing.assert_close(part, whole[:, :, a:b], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sp,heads,u", [(2, 4, 2), (8, 28, 8), (4, 2, 2), (4, 3, 2), (4, 1, 1), (16, 12, 8), (6, 4, 3)])
+def test_ulysses_size_is_the_largest_divisor_within_the_heads(sp, heads, u):
+    assert ulysses_size(sp, heads) == u
 
 
 @pytest.mark.parametrize("heads,kv_heads,sp,q_counts,kv_ranges", [

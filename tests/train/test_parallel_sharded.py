@@ -123,6 +123,27 @@ def test_zero3_with_sp_size_2_equals_one_process(one_process, tmp_path):
     _check_runs("ZeRO-3 sp2", "DEEPSPEED", runs, one_process, tmp_path)
 
 
+@pytest.mark.slow
+def test_zero3_with_offloaded_states_equals_one_process(one_process, tmp_path):
+    """longpo/recipes/accelerate/zero3_offload.yaml (parameters and optimizer state in host memory, the torch
+    optimizer stepping there) x sp 2 on 2 processes, with the tiled MLP and full checkpointing: the wiring
+    of the one-GPU recipe, equal to one process (on CPU the host is the device, so this checks the
+    configuration and the optimizer path, not a transfer)."""
+    pytest.importorskip("deepspeed")
+    script = ["-m", "longpo.cli", *TRAIN, "sp_size=2", "mlp_tile_tokens=16", "activation_checkpointing=full"]
+    runs = {"accelerate launch": (_accelerate_launch("longpo/recipes/accelerate/zero3_offload.yaml", script), _env())}
+    _check_runs("ZeRO-3 offload sp2", "DEEPSPEED", runs, one_process, tmp_path)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_offloaded_states_equals_one_process(one_process, tmp_path):
+    """longpo/recipes/accelerate/fsdp2_offload.yaml (CPUOffloadPolicy) x sp 2 on 2 processes, with the tiled
+    MLP and full checkpointing, equal to one process."""
+    script = [str(FSDP_LAUNCH), *TRAIN, "sp_size=2", "mlp_tile_tokens=16", "activation_checkpointing=full"]
+    runs = {"accelerate launch": (_accelerate_launch("longpo/recipes/accelerate/fsdp2_offload.yaml", script), _env())}
+    _check_runs("FSDP2 offload sp2", "FSDP", runs, one_process, tmp_path)
+
+
 # ---------------------------------------------------------------- launch checks, in this process
 
 

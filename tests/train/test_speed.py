@@ -1,4 +1,5 @@
-"""Speed options (`longpo/train/speed.py`) equal the current path, and the memory model equals what autograd keeps.
+"""Speed options (`longpo/train/speed.py`) equal the current path, and the memory model (`longpo/train/memory.py`)
+equals what autograd keeps.
 
 Parity: for each option, the packed LongPO forward (`forward_pairs` on a `PackedBatch`) of a float64 tiny
 Llama gives the same summed log-probs, NLL sum and parameter gradients as the same model without the
@@ -19,14 +20,16 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+import longpo.train.memory as memory
 import longpo.train.speed as speed
 from longpo.config import load_config
 from longpo.data.records import tokenize_pair
 from longpo.toy.tiny import build_tiny_model
 from longpo.train.attention import use_shared_prefix_attention
 from longpo.train.logps import forward_hidden, forward_pairs
+from longpo.train.memory import checkpoint_plan, estimate_activation_bytes
 from longpo.train.packing import pack_pairs
-from longpo.train.speed import apply_speed_options, checkpoint_plan, estimate_activation_bytes
+from longpo.train.speed import apply_speed_options
 from longpo.train.trainer import Config, Trainer
 from tests.conftest import make_record
 
@@ -87,6 +90,13 @@ OPTIONS = {
     "offload+full": dict(activation_checkpointing="full", offload_activations=True),
     "offload+mlp": dict(activation_checkpointing="mlp", offload_activations=True),
     "hf_gradient_checkpointing": dict(gradient_checkpointing=True),
+    # tiles of 7 tokens: rows of 100-200 tokens end in a short tile
+    "tiled": dict(mlp_tile_tokens=7),
+    "tiled+full": dict(mlp_tile_tokens=7, activation_checkpointing="full"),
+    "tiled+every_k": dict(mlp_tile_tokens=7, activation_checkpointing="every_k", checkpoint_every_k=2),
+    "tiled+mlp": dict(mlp_tile_tokens=7, activation_checkpointing="mlp"),
+    "tiled+offload+full": dict(mlp_tile_tokens=7, activation_checkpointing="full", offload_activations=True),
+    "tiled+hf_gradient_checkpointing": dict(mlp_tile_tokens=7, gradient_checkpointing=True),
 }
 
 
@@ -107,6 +117,62 @@ def test_cuda_option_equals_the_current_path(tokenizer, name):
     model = apply_speed_options(copy.deepcopy(ref), Config(**OPTIONS[name]))
     for batch in batches(tokenizer):
         assert_same(model, ref, batch, "cuda", rtol=1e-5, atol=1e-5, grad_rtol=1e-4, grad_atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "phi3"])
+def test_tiled_mlp_equals_the_untiled_path_on_other_families(tokenizer, family):
+    """Gemma-2's gelu-tanh MLP and Phi-3's fused gate_up_proj (tests/families.py configs), float64, with
+    and without full checkpointing: values and every gradient equal the untiled model's."""
+    from tests.families import build_family_model, float64_throughout
+
+    ref = build_family_model(family)
+    use_shared_prefix_attention(ref)
+    ref.train()
+    with float64_throughout():
+        for options in (dict(mlp_tile_tokens=5), dict(mlp_tile_tokens=64, activation_checkpointing="full")):
+            model = apply_speed_options(copy.deepcopy(ref), Config(**options))
+            assert_same(model, ref, batches(tokenizer, sizes=((2, 2),))[0])
+
+
+def test_tiled_mlp_refuses_mixtures_of_experts_in_one_line():
+    from tests.families import build_family_model
+
+    model = build_family_model("qwen3_moe")
+    use_shared_prefix_attention(model)
+    with pytest.raises(ValueError, match=r"^mlp_tile_tokens: Qwen3MoeSparseMoeBlock is a mixture of experts.*"
+                                         r"set mlp_tile_tokens: 0$"):
+        apply_speed_options(model, Config(mlp_tile_tokens=8))
+
+
+def test_tiled_mlp_keeps_one_tile_of_intermediates():
+    """What the tiling saves, seen through autograd's saved-tensor hooks on one MLP (D 16, I 64, T 40, tiles
+    of 8): the untiled MLP saves its input and 4 T I values (gate, up, act(gate), act(gate) x up); tiled,
+    the forward saves only its input (the tile views share its storage), and the backward rebuilds the
+    MLP 8 tokens at a time."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from longpo.toy.tiny import tiny_model_config
+
+    mlp = LlamaMLP(tiny_model_config("llama", hidden_size=16, intermediate_size=64)).double()
+    x = torch.randn(1, 40, 16, dtype=torch.float64, requires_grad=True)
+    plain = mlp(x)
+    sizes: list[int] = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tiled = speed.tiled_forward(mlp.forward, 8)(x)
+    assert [n for n in sizes if n != 16 * 64] == [8 * 16] * 5  # the 5 tile inputs (views of x), nothing of I
+    assert_close(tiled, plain, rtol=1e-12, atol=1e-14)
+    rebuilt: list[int] = []  # tokens of each MLP call the backward makes (the checkpoints' recomputations)
+    hook = mlp.gate_proj.register_forward_hook(lambda mod, args, out: rebuilt.append(out.shape[-2]))
+    g = torch.autograd.grad(tiled.sum(), [x, *mlp.parameters()])
+    hook.remove()
+    assert rebuilt == [8] * 5, rebuilt
+    for a, b in zip(g, torch.autograd.grad(plain.sum(), [x, *mlp.parameters()])):
+        assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
 def test_ours_full_equals_transformers_gradient_checkpointing(tokenizer):
@@ -200,6 +266,8 @@ def test_liger_kernels_without_gpu_or_package_say_what_to_do():
     (dict(gradient_checkpointing=True, activation_checkpointing="mlp"), "set gradient_checkpointing: false"),
     (dict(gradient_checkpointing=True, offload_activations=True), "set gradient_checkpointing: false"),
     (dict(liger_kernels=True, sp_size=2), "liger_kernels: false, or sp_size: 1"),
+    (dict(mlp_tile_tokens=-1), "mlp_tile_tokens=-1 must not be negative"),
+    (dict(mlp_tile_tokens=8, compile_layers=True), "set compile_layers: false, or mlp_tile_tokens: 0"),
 ])
 def test_bad_combinations_say_what_to_change(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -247,6 +315,31 @@ def test_memory_model_equals_what_autograd_saves(tokenizer, dtype, mode, k, shap
     assert saved_bytes(model, batch) == est.saved
 
 
+@pytest.mark.parametrize("mode", ["off", "full"])
+def test_memory_model_of_the_tiled_mlp_equals_what_autograd_saves(tokenizer, mode):
+    """Tiled MLP (tiles of 16 tokens): every layer that is kept whole keeps all but its 4 I b per token, as
+    with MLP checkpointing (the tiles' inputs are views of the input the norm's output already is)."""
+    model = apply_speed_options(tiny(torch.float32), Config(activation_checkpointing=mode, mlp_tile_tokens=16))
+    batch = batches(tokenizer, sizes=((2, 2),))[0]
+    est = estimate_activation_bytes(model.config, batch.layout, mode, dtype_bytes=4, targets=0, device="cpu",
+                                    mlp_tile_tokens=16)
+    assert saved_bytes(model, batch) == est.saved
+
+
+def test_parameter_count_from_config_numbers_equals_the_model():
+    """`memory.parameter_count` (torch-free, for `longpo plan`) equals the parameters transformers builds, for
+    Llama (tied and untied), Mistral and Qwen2 (q / k / v biases) shapes."""
+    from transformers import AutoModelForCausalLM
+
+    from longpo.toy.tiny import tiny_model_config
+
+    for arch, kw in (("llama", {}), ("mistral", {}), ("qwen2", {}), ("llama", {"tie_word_embeddings": True})):
+        cfg = tiny_model_config(arch, hidden_size=96, intermediate_size=200, num_heads=6, num_kv_heads=2, **kw)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+        assert memory.parameter_count(cfg) == sum(p.numel() for p in model.parameters()), (arch, kw)
+
+
 def test_offloaded_layers_keep_nothing_on_the_device(tokenizer):
     """With offload_activations every tensor a decoder layer saves goes through save_on_cpu's hooks (the
     innermost hooks win), so an outer hook sees only what lies outside the layers."""
@@ -272,12 +365,19 @@ def test_memory_model_by_hand_and_the_order_of_the_modes():
 
     cfg = MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                         num_key_value_heads=8, vocab_size=32000)
-    assert sum(speed.layer_saved_bytes(cfg, 1, 2, "cuda").values()) == 65544 + 114688 + 41088
-    assert sum(speed.layer_saved_bytes(cfg, 1, 2, "cpu").values()) == 65544 + 114688 + 28800
+    assert sum(memory.layer_saved_bytes(cfg, 1, 2, "cuda").values()) == 65544 + 114688 + 41088
+    assert sum(memory.layer_saved_bytes(cfg, 1, 2, "cpu").values()) == 65544 + 114688 + 28800
     saved = {m: estimate_activation_bytes(cfg, 65536, m, every_k=2).saved for m in ("off", "mlp", "every_k", "full")}
     assert saved["off"] > saved["every_k"] > saved["mlp"] > saved["full"], saved
     full = estimate_activation_bytes(cfg, 65536, "full")
     assert full.saved - 32 * 65536 * 4096 * 2 == estimate_activation_bytes(cfg, 65536, "full", offload=True).saved
+    # tiled MLP, tiles of 4096 tokens: the recomputed layer loses its MLP but for one tile, the MLP backward's
+    # buffers shrink from 2 T I b to 2 t I b (+ T D b of the tiles' input gradients); what is kept between
+    # forward and backward does not change
+    tiled = estimate_activation_bytes(cfg, 65536, "full", mlp_tile_tokens=4096)
+    assert tiled.saved == full.saved
+    assert full.recompute - tiled.recompute == (65536 - 4096) * 114688
+    assert (full.backward, tiled.backward) == (2 * 65536 * 14336 * 2, 2 * 4096 * 14336 * 2 + 65536 * 4096 * 2)
 
 
 @cuda
@@ -347,8 +447,8 @@ def test_memory_model_predicts_the_measured_h200_peaks(tokens, measured_gib):
     from transformers import AutoModelForCausalLM
 
     from longpo.toy.tiny import tiny_model_config
+    from longpo.train.memory import estimate_peak_bytes
     from longpo.train.packing import SharedPrefixLayout
-    from longpo.train.speed import estimate_peak_bytes
 
     cfg = tiny_model_config("mistral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
                             num_kv_heads=8, intermediate_size=14336)
@@ -390,6 +490,15 @@ def test_memory_model_table_prints(capsys):
     assert out.count("\n| 16384 |") == 1 and "OOM" in out and "fits" in out
 
 
+def test_memory_model_longest_lengths_print(capsys):
+    """The estimate the docs quote: with every option (full checkpointing, tiled MLP, offloaded activations
+    and states) a Mistral-7B shape reaches 512K tokens on one 80 GiB GPU; without the tiled MLP it does not."""
+    load_benchmark("memory_model").main(["--longest", "--gpu-gib", "80"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Mistral-7B | 1 |"))
+    full_offloaded, everything = [int(c.strip().rstrip("K")) for c in row.split("|")[-3:-1]]
+    assert full_offloaded < 512 <= everything, row
+
+
 @pytest.mark.slow
 def test_sequence_parallel_with_recomputed_offloaded_layers_equals_one_process(tmp_path):
     """`longpo train sp_size=2` on 2 gloo ranks with activation_checkpointing: full and offload_activations
@@ -398,6 +507,19 @@ def test_sequence_parallel_with_recomputed_offloaded_layers_equals_one_process(t
     from tests.train.test_parallel import train_one_and_sp2
 
     rows = train_one_and_sp2(tmp_path, "activation_checkpointing=full", "offload_activations=true")
+    assert len(rows["one"]) == len(rows["sp2"]) == 2
+    for a, b in zip(rows["one"], rows["sp2"]):
+        for key in ("loss", "nll", "pref_loss", "grad_norm", "rewards/margin"):
+            assert b[key] == pytest.approx(a[key], rel=1e-10, abs=1e-12), f"step {a['step']} {key}: {b[key]} != {a[key]}"
+
+
+@pytest.mark.slow
+def test_sequence_parallel_with_a_tiled_mlp_equals_one_process(tmp_path):
+    """`longpo train sp_size=2` with the tiled MLP (tiles of 5 tokens of each rank's shard) and full
+    checkpointing writes the same metrics as one process without either (float64, 2 AdamW steps)."""
+    from tests.train.test_parallel import train_one_and_sp2
+
+    rows = train_one_and_sp2(tmp_path, "mlp_tile_tokens=5", "activation_checkpointing=full")
     assert len(rows["one"]) == len(rows["sp2"]) == 2
     for a, b in zip(rows["one"], rows["sp2"]):
         for key in ("loss", "nll", "pref_loss", "grad_norm", "rewards/margin"):
