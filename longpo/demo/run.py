@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from longpo import evolve
 from longpo.config import build_config, help_field, merge_dicts, write_resolved_config
@@ -256,8 +257,6 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
 
 def environment(cfg: Config) -> dict:
     """What the numbers of a run depend on besides its config: the date, the libraries, the cores."""
-    import transformers
-
     return {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": cfg.threads}
 
