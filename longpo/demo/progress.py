@@ -24,13 +24,16 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
-# Seconds of each stage of the default `longpo demo` (the last line of benchmarks/demo_time.py; only
-# the shares matter, the pace rescales them).
+# Seconds of each stage of the default `longpo demo` (only the shares matter: the pace rescales them).
+# From one full run on 2 cores shared with other work, 2026-12-06 (load average 0.5 at its start, 5 at
+# its end; 997 s in all), each stage timed by its .done marker; the five evals do the same work (4 x 300
+# questions) and take the median of theirs. Rough: on an idle machine, `python benchmarks/demo_time.py`
+# prints the dict to paste here as its last line.
 REFERENCE_SECONDS = {
-    "base: eval": 9.0, "it1: generate": 26.0, "it1: reference": 1.5, "it1: train": 14.0, "it1: eval": 10.0,
-    "it2: generate": 40.0, "it2: reference": 3.0, "it2: train": 24.0, "it2: eval": 10.0,
-    "sft: train": 12.0, "sft: eval": 10.0, "dpo: train": 16.0, "dpo: eval": 10.0,
-    "base: pretrain": 720.0,  # pretrain=true only: README, "about 12 minutes"
+    "base: eval": 88.0, "it1: generate": 24.0, "it1: reference": 2.4, "it1: train": 14.0, "it1: eval": 88.0,
+    "it2: generate": 175.0, "it2: reference": 0.8, "it2: train": 161.0, "it2: eval": 88.0,
+    "sft: train": 47.0, "sft: eval": 88.0, "dpo: train": 122.0, "dpo: eval": 88.0,
+    "base: pretrain": 720.0,  # pretrain=true only: "about 12 minutes" (README)
 }
 
 

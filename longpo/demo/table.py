@@ -10,6 +10,7 @@ library versions and cores of the run that made them (`report/timings.json`), ne
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -38,10 +39,10 @@ def readme_block(run_dir: str | Path) -> str:
     table = json.loads((report / "table.json").read_text())
     env = json.loads((report / "timings.json").read_text())["environment"]
     samples = yaml.safe_load((run_dir / "demo_config.yaml").read_text())["eval"]["toy"]["num_samples"]
-    return (f"Measured {env['date']} by `longpo demo` from scratch ({samples} questions per cell; torch "
+    head = (f"Measured {env['date']} by `longpo demo` from scratch ({samples} questions per cell; torch "
             f"{env['torch']}, transformers {env['transformers']}, {env['threads']} threads on {env['cpu_count']} "
-            f"CPU cores); written into this file by `python benchmarks/demo_table.py runs/demo`:\n\n"
-            + markdown_table(table))
+            f"CPU cores); written into this file by `python benchmarks/demo_table.py runs/demo`:")
+    return textwrap.fill(head, width=100, break_on_hyphens=False) + "\n\n" + markdown_table(table)
 
 
 def _span(text: str, where: str) -> tuple[int, int]:
