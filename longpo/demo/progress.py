@@ -24,15 +24,16 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
-# Seconds of each stage of the default `longpo demo` (only the shares matter: the pace rescales them).
-# From one full run on 2 cores shared with other work, 2026-12-06 (load average 0.5 at its start, 5 at
-# its end; 997 s in all), each stage timed by its .done marker; the five evals do the same work (4 x 300
-# questions) and take the median of theirs. Rough: on an idle machine, `python benchmarks/demo_time.py`
-# prints the dict to paste here as its last line.
+# Seconds of each stage of the default `longpo demo` on 2 idle cores, so that the first line's ETA is
+# right there (the pace rescales them elsewhere). Shares from one full run on 2 cores shared with other
+# work, 2026-12-06 (load average 0.5 at its start, 5 at its end; 997 s), each stage timed by its .done
+# marker, the five evals (the same 4 x 300 questions) at the median of theirs; scaled to 85 s of stages
+# in the 91 s that issue 24 measured on 2 idle cores. Rough: on an idle machine, the last line of
+# `python benchmarks/demo_time.py` is the dict to paste here.
 REFERENCE_SECONDS = {
-    "base: eval": 88.0, "it1: generate": 24.0, "it1: reference": 2.4, "it1: train": 14.0, "it1: eval": 88.0,
-    "it2: generate": 175.0, "it2: reference": 0.8, "it2: train": 161.0, "it2: eval": 88.0,
-    "sft: train": 47.0, "sft: eval": 88.0, "dpo: train": 122.0, "dpo: eval": 88.0,
+    "base: eval": 7.6, "it1: generate": 2.1, "it1: reference": 0.2, "it1: train": 1.2, "it1: eval": 7.6,
+    "it2: generate": 15.1, "it2: reference": 0.1, "it2: train": 13.9, "it2: eval": 7.6,
+    "sft: train": 4.1, "sft: eval": 7.6, "dpo: train": 10.5, "dpo: eval": 7.6,
     "base: pretrain": 720.0,  # pretrain=true only: "about 12 minutes" (README)
 }
 
