@@ -49,7 +49,7 @@ def table(wall: float, timings: dict, load_before: tuple, load_after: tuple) -> 
     stages = timings["stages"]
     for label, seconds in stages.items():
         lines.append(f"| {label} | {seconds:.1f} | {100 * seconds / wall:.0f}% |")
-    inside = timings["total_seconds"] - sum(stages.values())
+    inside = max(timings["total_seconds"] - sum(stages.values()), 0.0)
     lines.append(f"| the demo's own work (corpora, plan, report) | {inside:.1f} | {100 * inside / wall:.0f}% |")
     start_up = wall - timings["total_seconds"]
     lines.append(f"| process start-up and imports | {start_up:.1f} | {100 * start_up / wall:.0f}% |")
