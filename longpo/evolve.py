@@ -61,6 +61,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,8 +427,9 @@ def rows_of(cfg: Config) -> list[dict]:
     return rows
 
 
-def evolve(cfg: Config) -> list[dict]:
-    """Run (or resume) every iteration; returns one row per evaluated model."""
+def evolve(cfg: Config, progress: Callable[[str, bool], AbstractContextManager] | None = None) -> list[dict]:
+    """Run (or resume) every iteration; returns one row per evaluated model. `progress(label, done)`, when
+    given, wraps each stage (`done`: finished by an earlier run), e.g. `longpo demo`'s timer and ETA."""
     if cfg.launch == "processes" or cfg.dry_run:
         check_local(cfg.base_model)
     stages = plan(cfg)
@@ -438,12 +440,13 @@ def evolve(cfg: Config) -> list[dict]:
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out)
     for stage in stages:
-        if cfg.launch == "inline":
-            print(f"longpo evolve: {stage.label}", flush=True)
-            module, scfg = stage.inline
-            run_once(stage.marker, module.main, scfg)
-        else:
-            run_stage(stage)
+        with progress(stage.label, stage.marker.exists()) if progress else nullcontext():
+            if cfg.launch == "inline":
+                print(f"longpo evolve: {stage.label}", flush=True)
+                module, scfg = stage.inline
+                run_once(stage.marker, module.main, scfg)
+            else:
+                run_stage(stage)
     rows = rows_of(cfg)
     write_report(rows, out)
     return rows

@@ -11,12 +11,11 @@ BASELINES = ("sft", "dpo")
 TRAIN_KEYS = {"max_position_embeddings": 4096, "pairs_per_micro_batch": 4, "gradient_accumulation_steps": 2,
               "num_epochs": 2, "loss": "longpo", "beta": 0.1, "lam": 1.0, "nll_mode": "responses",
               "optimizer": "adamw", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.1,
-              "max_grad_norm": 1.0, "save_steps": 10, "progress_bar": False}
+              "max_grad_norm": 1.0, "save_steps": 10}
 # `longpo eval` keys: the toy fact lookup only, on CPU.
 EVAL_KEYS = {"ruler": {"enabled": False}, "infinitebench": {"enabled": False},
              "toy": {"enabled": True, "lengths": [256, 512, 1024], "num_samples": 300, "seed": 1234},
-             "backend_args": {"dtype": "float32", "device": "cpu", "batch_size": 16}, "batch_size": 16,
-             "progress": False}
+             "backend_args": {"dtype": "float32", "device": "cpu", "batch_size": 16}, "batch_size": 16}
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,8 @@
    prompt); each evaluated the same way.
 5. `report/`: `table.md` / `table.json` (accuracy per document length and on short documents),
    `accuracy.png`, every stage's resolved config, the training metrics and `training.png` of every
-   training run, and the generation stats.
+   training run, the generation stats, and `timings.json` (wall time of the demo and of each stage,
+   date, versions, cores). `longpo.demo.progress` prints where the demo is, with an ETA.
 
 Every stage is the library call behind its CLI (`longpo generate`, `reference`, `train`, and the
 runner of `longpo eval` with the toy task); only the configs are tiny. A rerun skips finished
@@ -24,18 +25,23 @@ stages and resumes an unfinished one.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from longpo import evolve
 from longpo.config import build_config, write_resolved_config
 from longpo.demo.config import Config  # there, so `longpo demo` checks it before torch loads
 from longpo.demo.corpus import write_corpus
 from longpo.demo.pretrain import PretrainConfig, train
+from longpo.demo.progress import DemoProgress
+from longpo.demo.table import markdown_table
 from longpo.errors import InputError
 from longpo.eval import run as eval_run
 from longpo.evolve import run_once
@@ -59,11 +65,12 @@ def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
             "question_parser": "lines", "min_questions": 2,
             "filters": {"min_words": 1, "truncated": "keep", "require_specific_question": False,
                         "drop_copied_answers": False, "max_repeated_ngram_ratio": 1.0},
-            "reference": False, "documents_per_group": 16, "seed": seed, "progress": False}
+            "reference": False, "documents_per_group": 16, "seed": seed}
 
 
-# Keys that do not change the demo's results (torch CPU threads: the same maths on more cores).
-FINGERPRINT_EXEMPT = ("output_dir", "threads")
+# Keys that do not change the demo's results (torch CPU threads: the same maths on more cores; the stages'
+# progress bars, on by default: longpo.demo.progress says where the demo is, they say where a stage is).
+FINGERPRINT_EXEMPT = ("output_dir", "threads", "generate.progress", "train.progress_bar", "eval.progress")
 
 
 def check_rerun(cfg: Config) -> None:
@@ -84,7 +91,7 @@ def evolve_config(cfg: Config, base: str) -> Any:
         iterations.append({
             "name": it["name"],
             "generate": {**toy_generate_keys(str(corpus), int(it["length"]), cfg.seed), **cfg.generate},
-            "reference": {"backend_args": {"dtype": "float32", "device": "cpu"}, "progress": False},
+            "reference": {"backend_args": {"dtype": "float32", "device": "cpu"}},
             "train": {**cfg.train, "rope_theta": float(it["rope_theta"]), "max_length": int(it["length"]) + 64,
                       "seed": cfg.seed},
             "eval": dict(cfg.eval),
@@ -93,7 +100,11 @@ def evolve_config(cfg: Config, base: str) -> Any:
                                         "launch": "inline", "iterations": iterations}, "demo.evolve")
 
 
-def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:
+def baseline_labels(cfg: Config) -> list[str]:
+    return [f"{loss}: {stage}" for loss in cfg.baselines for stage in ("train", "eval")]
+
+
+def run_baselines(cfg: Config, ecfg: Any, progress: DemoProgress) -> list[dict]:
     """SFT and DPO from the base model on the first iteration's pairs, same keys as LongPO's run."""
     first = ecfg.iterations[0]
     pairs = Path(cfg.output_dir) / first.name / "pairs.jsonl"
@@ -103,13 +114,13 @@ def run_baselines(cfg: Config, ecfg: Any) -> list[dict]:
         tcfg = build_config(trainer.Config, {**first.train, "loss": loss, "model": ecfg.base_model,
                                              "train_file": str(pairs), "output_dir": str(folder / "train")},
                             f"baselines.{loss}.train")
-        print(f"longpo demo: baseline {loss}: train", flush=True)
-        run_once(folder / "train.done", trainer.main, tcfg)
+        with progress.stage(f"{loss}: train", (folder / "train.done").exists()):
+            run_once(folder / "train.done", trainer.main, tcfg)
         final = str(folder / "train" / "final")
         ev = build_config(eval_run.Config, {**first.eval, "model": final, "out_dir": str(folder / "eval")},
                           f"baselines.{loss}.eval")
-        print(f"longpo demo: baseline {loss}: eval", flush=True)
-        run_once(folder / "eval.done", eval_run.main, ev)
+        with progress.stage(f"{loss}: eval", (folder / "eval.done").exists()):
+            run_once(folder / "eval.done", eval_run.main, ev)
         rows.append({"model": loss, "path": final, "eval": str(folder / "eval")})
     return rows
 
@@ -130,12 +141,7 @@ def write_report(cfg: Config, rows: list[dict], first: str) -> dict:
                       "accuracy": summary["toy"]})
     order = {"base": 0, "SFT": 1, "DPO": 2, "LongPO": 3}
     table.sort(key=lambda r: order.get(r["model"], 4))
-    columns = [k for k in table[0]["accuracy"] if k != "short"] + ["short"]
-    lines = ["| model | " + " | ".join(f"{c} tokens" if c != "short" else "short docs" for c in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    for r in table:
-        lines.append(f"| {r['model']} | " + " | ".join(f"{r['accuracy'][c]:.1f}" for c in columns) + " |")
-    text = "\n".join(lines) + "\n"
+    text = markdown_table(table)
     atomic_write_text(report / "table.md", text)
     atomic_write_json(report / "table.json", table)
     plot_accuracy(table, report / "accuracy.png")
@@ -204,6 +210,12 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     return save_figure(fig, path, dpi=90)
 
 
+def environment(cfg: Config) -> dict:
+    """What the numbers of a run depend on besides its config: the date, the libraries, the cores."""
+    return {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": cfg.threads}
+
+
 def demo(cfg: Config) -> dict:
     """Run (or resume) the whole demo; returns the report."""
     torch.set_num_threads(cfg.threads)
@@ -211,20 +223,27 @@ def demo(cfg: Config) -> dict:
     check_rerun(cfg)
     write_resolved_config(cfg, out, name="demo_config.yaml")
     start = time.perf_counter()
-    base = cfg.base_model or str(SHIPPED)
-    if cfg.pretrain:
-        base = str(out / "base_model")
-        run_once(out / "pretrain.done", lambda c: train(c, base) and None, PretrainConfig(seed=cfg.seed,
-                                                                                        threads=cfg.threads))
-    if not (Path(base) / "model.safetensors").exists():
+    base = str(out / "base_model") if cfg.pretrain else cfg.base_model or str(SHIPPED)
+    if not cfg.pretrain and not (Path(base) / "model.safetensors").exists():
         raise InputError(f"base model {base}: no model.safetensors (train one with "
                          f"`python -m longpo.demo.pretrain --out {base}` or set pretrain=true)")
+    # The plan's stage labels depend on the configs only: with pretrain=true the shipped model stands in.
+    stages = evolve.plan(evolve_config(cfg, str(SHIPPED) if cfg.pretrain else base))
+    labels = [s.label for s in stages] + baseline_labels(cfg)
+    progress = DemoProgress(["base: pretrain", *labels] if cfg.pretrain else labels)
+    if cfg.pretrain:
+        with progress.stage("base: pretrain", (out / "pretrain.done").exists()):
+            run_once(out / "pretrain.done", lambda c: train(c, base) and None,
+                     PretrainConfig(seed=cfg.seed, threads=cfg.threads))
     ecfg = evolve_config(cfg, base)
-    rows = evolve.evolve(ecfg)
-    rows += run_baselines(cfg, ecfg)
+    rows = evolve.evolve(ecfg, progress.stage)
+    rows += run_baselines(cfg, ecfg, progress)
     report = write_report(cfg, rows, ecfg.iterations[0].name)
-    print(f"longpo demo: {time.perf_counter() - start:.0f} s", flush=True)
-    return report
+    timings = progress.summary() | {"total_seconds": round(time.perf_counter() - start, 2),
+                                    "environment": environment(cfg)}
+    atomic_write_json(out / "report" / "timings.json", timings)
+    print(f"longpo demo: {timings['total_seconds']:.0f} s", flush=True)
+    return report | {"timings": timings}
 
 
 def main(cfg: Config) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longpo.data.records import RecordError, TokenizedPair, tokenize_pair
+from longpo.errors import InputError
 from longpo.train.packing import PackedBatch, pack_pairs
 
 
@@ -68,6 +69,33 @@ def tokenize_share(tokenizer: Any, records: list[dict | TokenizedPair], max_leng
                 f"raise max_length, drop the record, or set skip_overlong=true to skip and count such records"
             )
     return pairs, skipped
+
+
+def check_some_pair_fits(tokenizer: Any, records: Any, max_length: int, limit: int) -> bool:
+    """Raise `InputError` when none of the first `limit` records fits `max_length` and they are all
+    the records: such a run would train nothing and export the start model unchanged. Stops at the
+    first pair that fits (one record in a normal run). Returns False when the first `limit` records
+    are all too long but more remain unread (the trainer then checks again before its export)."""
+    lengths = []
+    for i in range(min(len(records), limit)):
+        record = records[i]
+        pair = record if isinstance(record, TokenizedPair) else tokenize_pair(tokenizer, record)
+        lengths.append(sequence_length(pair))
+        if lengths[-1] <= max_length:
+            return True
+    if len(lengths) < len(records):
+        return False
+    raise InputError(no_pair_fits(len(records), lengths, max_length))
+
+
+def no_pair_fits(num_records: int, lengths: list[int], max_length: int) -> str:
+    """The one-line message of a run in which no pair fits `max_length`."""
+    if not lengths:
+        return f"no pair to train on: {num_records} record(s), none read within max_length={max_length}"
+    seen = "" if len(lengths) == num_records else f" ({len(lengths)} of them read)"
+    return (f"no pair fits max_length={max_length}: {num_records} record(s){seen}, pair lengths {min(lengths)}.."
+            f"{max(lengths)} tokens (prefix + longer answer); max_length >= {min(lengths)} trains the shortest, "
+            f">= {max(lengths)} all of them")
 
 
 def filler_pair(tokenizer: Any) -> TokenizedPair:

@@ -49,6 +49,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def metric_values(rows: list[dict], metric: str) -> list[float]:
+    """One value per step; NaN (a gap in the line) where the step has none, e.g. a step skipped because
+    every pair was over max_length (`"skipped": true`), which must not be drawn as a loss of 0."""
+    return [float("nan") if row.get("skipped") or row.get(metric) is None else row[metric] for row in rows]
+
+
 def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
     """Draw `run_dir/training.png` (or `out`) from the run's metrics; None when matplotlib is missing."""
     rows = read_metrics(run_dir)
@@ -62,7 +68,8 @@ def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in PANELS if any(m in rows[0] for m, _ in p[1])]
+    present = {k for r in rows for k in r}  # a skipped first step holds no loss: look at every row
+    panels = [p for p in PANELS if any(m in present for m, _ in p[1])]
     cols = min(len(panels), 3)
     n_rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(4.3 * cols, 3.2 * n_rows), squeeze=False)
@@ -71,8 +78,8 @@ def plot_training(run_dir: str | os.PathLike, out: str | os.PathLike | None = No
     for ax, (title, series, ylabel) in zip(axes.flat, panels):
         # Distinct line styles and markers: the total loss and the NLL can lie on top of each other.
         for (metric, label), style, mark in zip(series, ("-", "--"), ("o", "s")):
-            if metric in rows[0]:
-                ax.plot(steps, [r.get(metric, float("nan")) for r in rows], linestyle=style,
+            if metric in present:
+                ax.plot(steps, metric_values(rows, metric), linestyle=style,
                         marker=mark if marker else None, markersize=4 if style == "-" else 3,
                         linewidth=1.6 if style == "-" else 1.2, label=label)
         if title == "preference loss":

@@ -55,9 +55,11 @@ from longpo.train.checkpoint import (
 )
 from longpo.train.config import TINY, Config  # there, so `longpo train` checks it before torch loads
 from longpo.train.data import (
+    check_some_pair_fits,
     epoch_order,
     filler_pair,
     micro_batches,
+    no_pair_fits,
     rank_share,
     steps_per_epoch,
     tokenize_share,
@@ -108,6 +110,11 @@ def check_rerun(cfg: Config, main_process: bool) -> None:
     guard("train", cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, clear, write=main_process)
     if main_process and export_dir is not None:  # found now, not after all the training
         check_writable(export_dir.parent, "export_dir's parent folder")
+
+
+# Records read at start-up to find one pair that fits max_length (the first usually does); beyond them the
+# check waits for the end of training.
+STARTUP_SCAN = 256
 
 
 class TrainingError(RuntimeError):
@@ -205,9 +212,14 @@ class Trainer:
         self.filler = filler_pair(self.tokenizer)
         self.mode: LossMode = MODES[cfg.loss]  # the trainer asks the mode; it never compares loss names
         self.records = open_records(cfg.train_file, require_reference=self.mode.reference == SHORT_PROMPT)
+        # Before any model loads: a run in which no pair fits max_length would export the start model unchanged.
+        if not check_some_pair_fits(self.tokenizer, self.records, cfg.max_length, STARTUP_SCAN):
+            logger.warning(f"the first {STARTUP_SCAN} records are all over max_length={cfg.max_length}; if no pair "
+                           f"fits, the run stops before its export")
         self.setup_models()
         self.setup_schedule()
-        self.step, self.skipped_total = 0, 0
+        self.step, self.skipped_total, self.pairs_trained = 0, 0, 0
+        self.overlong: dict[str, int] = {}  # id -> length of the pairs this process skipped (no-pair-fits message)
         self.resume()
         self.metrics = MetricsWriter(accelerator, cfg.output_dir, cfg.report_to, config_to_dict(cfg))
         logger.info(f"{len(self.records)} records, {self.steps_per_epoch} steps per epoch, {self.total_steps} "
@@ -256,6 +268,8 @@ class Trainer:
                                  f"has {self.pairs_per_step}: the data position would not match; resume with the "
                                  f"same pairs_per_micro_batch x gradient_accumulation_steps x ranks, or resume=none")
             self.step, self.skipped_total = state["step"], state["skipped_overlong"]
+            # Checkpoints written before pairs were counted: their steps are taken as trained.
+            self.pairs_trained = state.get("pairs_trained", self.step)
             logger.info(f"resumed from {resume_from} at step {self.step}")
         if self.accelerator.is_main_process:
             truncate_metrics(Path(cfg.output_dir) / "metrics.jsonl", self.step)
@@ -268,6 +282,7 @@ class Trainer:
         share = rank_share(order, in_epoch, self.pairs_per_step, self.mesh.dp_rank, self.mesh.dp_size)
         pairs, skipped = tokenize_share(self.tokenizer, [self.records[i] for i in share], cfg.max_length,
                                         cfg.skip_overlong)
+        self.overlong.update(skipped)
         for rid, length in skipped:
             logger.warning(f"step {step + 1}: skipped record {rid!r}: {length} tokens > max_length={cfg.max_length}")
         pad = self.tokenizer.pad_token_id or 0
@@ -343,20 +358,27 @@ class Trainer:
             self.optimizer.zero_grad()
             self.step += 1
             self.skipped_total += int(sums.skipped)
+            self.pairs_trained += int(sums.pairs)
             seconds = time.perf_counter() - start
-            row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch,
-                   **sums.metrics(self.mode.metrics),
-                   "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "tokens_per_s": sums.tokens / seconds, "pairs_per_s": sums.pairs / seconds, "seconds": seconds}
+            row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
+            if sums.pairs:
+                row |= {**sums.metrics(self.mode.metrics),
+                        "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                        "tokens_per_s": sums.tokens / seconds, "pairs_per_s": sums.pairs / seconds, "seconds": seconds}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            else:  # no loss to log: a 0.0 would read as a perfect step
+                row |= {"skipped": True, "skipped_overlong": int(sums.skipped), "lr": lr, "seconds": seconds}
+                bar.set_postfix(skipped=f"step {self.step}")
             self.metrics.log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == self.total_steps):
                 saved = save_checkpoint(accelerator, cfg.output_dir, self.checkpoint_state(), cfg.keep_checkpoints)
                 logger.info(f"step {self.step}: checkpoint {saved}")
         bar.close()
         if self.skipped_total:
             logger.warning(f"{self.skipped_total} pair(s) skipped in all for exceeding max_length={cfg.max_length}")
+        if not self.pairs_trained:  # the start-up check could not read every record: the last chance before export
+            raise InputError(no_pair_fits(len(self.records), list(self.overlong.values()), cfg.max_length))
         export_dir = Path(cfg.export_dir or Path(cfg.output_dir) / "final")
         export_model(accelerator, self.module, self.tokenizer, export_dir)
         self.metrics.close()
@@ -378,7 +400,7 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
         return {"step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "total_steps": self.total_steps,
-                "skipped_overlong": self.skipped_total, "seed": self.cfg.seed,
+                "skipped_overlong": self.skipped_total, "pairs_trained": self.pairs_trained, "seed": self.cfg.seed,
                 "pairs_per_step": self.pairs_per_step}
 
 

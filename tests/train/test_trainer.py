@@ -248,6 +248,58 @@ def test_overlong_pairs_are_skipped_and_counted_or_refused(base, records, tmp_pa
         run(output_dir=str(tmp_path / "refuse"), skip_overlong=False, **common)
 
 
+def test_a_step_whose_pairs_are_all_overlong_is_logged_skipped_not_as_loss_zero(base, records, tmp_path):
+    """One pair per step: the step of the long record trains nothing. Its metrics row says so
+    (`skipped: true`, no loss), and the training plot leaves a gap there instead of a loss of 0."""
+    from longpo.train.data import epoch_order
+    from longpo.train.plots import metric_values, plot_training
+
+    src, _ = base
+    victim = epoch_order(len(records), FAST["seed"], 0)[2]  # step 3 of epoch 0 at one pair per step
+    records[victim]["document"] = " ".join([records[victim]["document"]] * 6)
+    path = write_jsonl(tmp_path / "long.jsonl", records)
+    out = tmp_path / "run"
+    _, result = run(output_dir=str(out), model=str(src / "original_model"), train_file=str(path), max_length=1200,
+                    pairs_per_micro_batch=1, gradient_accumulation_steps=1, max_steps=4)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[2]["skipped"] is True and rows[2]["skipped_overlong"] == 1
+    assert not {"loss", "nll", "pref_loss", "pairs"} & set(rows[2]), rows[2]
+    assert all("skipped" not in r and math.isfinite(r["loss"]) for r in rows[:2] + rows[3:])
+    values = metric_values(rows, "loss")
+    assert math.isnan(values[2]) and values[:2] + values[3:] == [r["loss"] for r in rows[:2] + rows[3:]]
+    assert plot_training(out) is not None and result["skipped_overlong"] == 1
+
+
+def test_no_pair_within_max_length_fails_at_start_up_before_anything_is_trained(base, tmp_path):
+    """`longpo train --config tiny max_length=16`: every pair is longer, so the run would export the
+    start model unchanged. It stops (InputError: exit 2) before a model loads, on one line that says
+    what max_length the pairs need."""
+    from longpo.errors import InputError
+
+    src, _ = base
+    out = tmp_path / "none"
+    with pytest.raises(InputError, match=r"^no pair fits max_length=16: 8 record\(s\), pair lengths (\d+)\.\.(\d+) "
+                                         r"tokens .*; max_length >= \1 trains the shortest, >= \2 all of them$"):
+        run(output_dir=str(out), model=str(src / "original_model"), train_file=str(src / "tiny_records.jsonl"),
+            max_length=16)
+    assert not list(out.glob("checkpoint-*")) and not (out / "final").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_no_pair_within_max_length_beyond_the_start_up_scan_fails_before_the_export(base, tmp_path, monkeypatch):
+    """When the start-up scan cannot read every record, the same check runs before the export."""
+    from longpo.errors import InputError
+    from longpo.train import trainer
+
+    monkeypatch.setattr(trainer, "STARTUP_SCAN", 2)
+    src, _ = base
+    out = tmp_path / "late"
+    with pytest.raises(InputError, match=r"^no pair fits max_length=16: 8 record\(s\), pair lengths \d+\.\.\d+ "):
+        run(output_dir=str(out), model=str(src / "original_model"), train_file=str(src / "tiny_records.jsonl"),
+            max_length=16, pairs_per_micro_batch=2, gradient_accumulation_steps=2)
+    assert all(r.get("skipped") for r in metrics(out)) and not (out / "final").exists()
+
+
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(base, records, tmp_path):
     """A reference log-prob of -1e300 is finite in the record but -inf in float32: the step's loss
     is inf. Training stops naming the step and the record; the checkpoints before it stay loadable."""
