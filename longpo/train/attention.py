@@ -95,8 +95,10 @@ def _span_attention(q, k, v, opts: AttentionOptions, gqa_native: bool) -> torch.
                                               enable_gqa=gqa_native and n_rep > 1)
     eager = opts.softcap is not None or opts.sinks is not None
     if eager:  # explicit scores: tiles small enough to hold, each recomputed in the backward
+        # keys per tile: all of them, or (with a window) at most the tile's 1024 queries + window - 1
         keys = lk if window is None else min(lk, window + 1024)
         tile = max(16, EAGER_TILE_ELEMENTS // max(1, q.shape[0] * q.shape[1] * keys))
+        tile = tile if window is None else min(tile, 1024)
         k, v = _repeat_heads(k, n_rep), _repeat_heads(v, n_rep)
     else:  # a sliding window through SDPA: query tiles against the keys of their band, a band mask each
         tile = max(window, 1024)
