@@ -89,6 +89,7 @@ from longpo.launcher import (
 )
 from longpo.launcher import wrap as wrap_launcher
 from longpo.models import check_local, max_positions
+from longpo.train import plan as layout_plan
 from longpo.train import trainer
 
 STAGE_ORDER = ("generate", "reference", "train", "eval")
@@ -112,9 +113,10 @@ def _needs_two_phases(values: dict) -> bool:
     return rope and values.get("backend", "hf") != "openai" and values.get("original_for_short_steps", True)
 
 
-def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
+def _stage_configs(it: Iteration, model: str, folder: Path, layout: dict | None = None) -> dict[str, Any]:
     """Each stage's config: the iteration's keys, then the wiring between stages. A generation in two
-    phases leaves the reference log-probs to the reference stage (they need the rejected answers)."""
+    phases leaves the reference log-probs to the reference stage (they need the rejected answers).
+    `layout`: train keys planned for what the iteration left unset (`plan_layouts`)."""
     values = {**it.generate, "model": model, "output_dir": str(folder / "generate")}
     if _needs_two_phases(values):
         values.update(reference=False, phase="long")
@@ -128,7 +130,7 @@ def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
             "backend_args": {**gen.backend_args, **gen.short_backend_args},
             **it.reference, "input": str(folder / "generate"), "output": str(pairs), "model": model},
             f"{it.name}.reference")
-    cfgs["train"] = build_config(trainer.Config, {**it.train, "model": model, "train_file": str(pairs),
+    cfgs["train"] = build_config(trainer.Config, {**(layout or {}), **it.train, "model": model, "train_file": str(pairs),
                                                   "output_dir": str(folder / "train")}, f"{it.name}.train")
     final = cfgs["train"].export_dir or str(folder / "train" / "final")
     cfgs["eval"] = build_config(eval_run.Config, {**it.eval, "model": final, "out_dir": str(folder / "eval")},
@@ -137,6 +139,42 @@ def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class Planned:
+    """What `longpo plan` chose for one iteration's train stage: the keys it fills, the accelerate config when the
+    iteration named none, and the line the dry run shows."""
+
+    keys: dict
+    accelerate_config: str | None
+    note: str
+
+
+def plan_layouts(cfg: Config) -> dict[str, Planned]:
+    """gpu_memory_gib set: per iteration, the layout keys its train stage leaves unset, from the memory model
+    (`longpo.train.plan`, an estimate) for the base model's shape (every iteration trains the same shape),
+    train.max_length and the devices x nodes GPUs. Keys set in the recipe win; the plan is chosen around them."""
+    if cfg.gpu_memory_gib is None:
+        return {}
+    shape = layout_plan.read_model_shape(cfg.base_model)
+    gpus = len(cfg.devices) * cfg.nodes
+    out = {}
+    for it in cfg.iterations:
+        tcfg = build_config(trainer.Config, {**it.train, "model": cfg.base_model, "train_file": "pairs.jsonl"},
+                            f"{it.name}.train")
+        filled = layout_plan.fill_train_keys(shape, tcfg.max_length, gpus, cfg.gpu_memory_gib, it.train,
+                                             tcfg.optimizer, tcfg.pairs_per_micro_batch)
+        if filled.layout is None:
+            raise InputError(f"{it.name}.train: longpo plan: {filled.note}; set the layout keys yourself, lower "
+                             f"max_length, add devices, or leave gpu_memory_gib unset")
+        accelerate = it.accelerate_config or ("accelerate/zero3_offload" if filled.layout.offload_states
+                                              else "accelerate/zero3")
+        keys = {**filled.keys, **({} if it.accelerate_config else {"accelerate_config": accelerate})}
+        chose = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in keys.items())
+        out[it.name] = Planned(filled.keys, accelerate, f"longpo plan set {chose or 'nothing (every key given)'}: "
+                                                        f"{filled.note}")
+    return out
 
 
 @dataclass
@@ -331,9 +369,11 @@ def plan(cfg: Config) -> list[Stage]:
             stages[-1].topology += (f"; {len(beyond)} task(s) skipped, {beyond[0]['reason']}: "
                                     f"{', '.join(b['task'] for b in beyond)}")
     model = cfg.base_model
+    layouts = plan_layouts(cfg)
     for it in cfg.iterations:
         folder = out / it.name
-        cfgs = _stage_configs(it, model, folder)
+        planned = layouts.get(it.name)
+        cfgs = _stage_configs(it, model, folder, planned and planned.keys)
         check_family(cfg.base_model, it.name, cfgs)
         stages.append(plan_generate(cfg, it.name, cfgs["generate"], folder / "generate"))
         one_process = cfg.launch == "inline" and cfgs["generate"].phase == "long"  # both models here (hf only)
@@ -342,7 +382,10 @@ def plan(cfg: Config) -> list[Stage]:
         if "reference" in cfgs:
             stages.append(plan_reference(cfg, it.name, cfgs["reference"], folder / "reference"))
             stages[-1].inline = (reference, cfgs["reference"])
-        stages.append(plan_train(cfg, it.name, cfgs["train"], folder / "train", it.accelerate_config))
+        stages.append(plan_train(cfg, it.name, cfgs["train"], folder / "train",
+                                 planned.accelerate_config if planned else it.accelerate_config))
+        if planned:
+            stages[-1].topology += f"; {planned.note}"
         stages[-1].inline = (trainer, cfgs["train"])
         check_eval_lengths(it.name, cfgs["eval"], cfgs["train"].max_position_embeddings or max_positions(model))
         stages.append(plan_eval(cfg, it.name, cfgs["eval"], folder / "eval", folder / "eval.done"))
@@ -376,8 +419,10 @@ def check_rerun(cfg: Config, write: bool = True) -> None:
     keys: dict = {"base_model": cfg.base_model, "eval_base": cfg.eval_base}  # output_dir: the folder itself
     inputs = {"base_model": identity(cfg.base_model)}
     model, out = cfg.base_model, Path(cfg.output_dir)
+    layouts = plan_layouts(cfg)
     for it in cfg.iterations:
-        cfgs = _stage_configs(it, model, out / it.name)
+        planned = layouts.get(it.name)
+        cfgs = _stage_configs(it, model, out / it.name, planned and planned.keys)
         for stage, c in cfgs.items():
             keys[f"{it.name}.{stage}"] = settings(c, STAGES[stage].FINGERPRINT_EXEMPT)
         inputs[f"{it.name}.corpus"] = identity(cfgs["generate"].corpus)

@@ -39,6 +39,12 @@ class Config:
                                    "'srun --nodes={nodes} --ntasks-per-node=1 {command}'; empty: run it here")
     rdzv_endpoint: str = help_field("", "host:port of the rendezvous when nodes > 1, e.g. $MASTER_ADDR:29500")
     master_port: int = help_field(0, "port of a one-node train launch; 0: torchrun --standalone picks a free one")
+    gpu_memory_gib: float | None = help_field(None, "memory per GPU, GiB: each iteration's train keys left unset "
+                                                    "(sp_size, activation_checkpointing, checkpoint_every_k, "
+                                                    "mlp_tile_tokens, offload_activations, "
+                                                    "gradient_accumulation_steps, accelerate_config) come from "
+                                                    "`longpo plan` for the base model, train.max_length and the "
+                                                    "devices x nodes GPUs; keys set win; None: no planning")
     launch: str = help_field("processes", "processes: every stage as its own processes (the driver); inline: in "
                                           "this process, one device (library use, the CPU demo)")
     dry_run: bool = help_field(False, "resolve and validate every stage's config, topology and command lines; "
@@ -64,5 +70,7 @@ class Config:
         if self.nodes > 1 and not (self.launcher and self.rdzv_endpoint):
             raise ValueError(f"nodes={self.nodes}: set launcher= (e.g. 'srun --nodes={{nodes}} --ntasks-per-node=1 "
                              "{command}') and rdzv_endpoint=<head node>:29500")
+        if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
+            raise ValueError(f"gpu_memory_gib={self.gpu_memory_gib} must be positive (or unset: no planning)")
         if self.launch == "inline" and (len(self.devices) > 1 or self.nodes > 1):
             raise ValueError("launch=inline runs every stage in this process on one device; use launch=processes")

@@ -149,6 +149,42 @@ def test_dry_run_of_the_paper_recipe_against_a_32k_model(tmp_path, capsys):
     assert text.count("sp_size 8, 8 pairs per step") == 3
 
 
+def test_gpu_memory_gib_fills_the_unset_layout_keys_from_the_planner(tmp_path, capsys):
+    """evolve_mistral-7b on a Mistral-7B shape (config.json only) with gpu_memory_gib=80: the 512k iteration,
+    its layout keys and accelerate_config removed, gets the planner's layout (`longpo.train.plan.fill_train_keys`);
+    the others keep sp_size 8, accumulation 8 and full checkpointing as given; the dry run says what was chosen."""
+    from longpo import evolve
+    from longpo.toy.tiny import tiny_model_config
+    from longpo.train import plan as layout_plan
+
+    model = tmp_path / "mistral-7b"
+    tiny_model_config("mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                      num_heads=32, num_kv_heads=8, max_position_embeddings=32768).save_pretrained(model)
+    values = yaml.safe_load((ROOT / "longpo" / "recipes" / "evolve_mistral-7b.yaml").read_text())
+    last = values["iterations"][-1]
+    last.pop("accelerate_config")
+    for key in ("sp_size", "gradient_accumulation_steps", "gradient_checkpointing"):
+        last["train"].pop(key)
+    values.update(base_model=str(model), output_dir=str(tmp_path / "run"), dry_run=True, gpu_memory_gib=80)
+    cfg = build_config(evolve.Config, values)
+    trains = {s.label: s.inline[1] for s in evolve.plan(cfg) if s.label.endswith("train")}
+    expected = layout_plan.fill_train_keys(layout_plan.read_model_shape(model), 524288, 8, 80.0, {})
+    assert expected.keys["sp_size"] < 8  # the planner's own choice, not the recipe's
+    assert {k: getattr(trains["512k: train"], k) for k in expected.keys} == expected.keys
+    for name in ("128k", "256k"):
+        t = trains[f"{name}: train"]
+        assert (t.sp_size, t.gradient_accumulation_steps, t.gradient_checkpointing) == (8, 8, True)
+    assert evolve.main(cfg) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("512k: train"))
+    assert f"longpo plan set sp_size={expected.keys['sp_size']}" in line and "accelerate_config=accelerate/zero3" in line
+    assert f"predicted peak {expected.layout.peak_bytes / 2**30:.1f} GiB per GPU" in line
+    assert f"sp_size {expected.keys['sp_size']}," in line
+    assert "longpo plan set mlp_tile_tokens=" in next(x for x in text.splitlines() if x.startswith("128k: train"))
+    values.pop("gpu_memory_gib")
+    assert "longpo plan" not in "".join(s.topology for s in evolve.plan(build_config(evolve.Config, values)))
+
+
 def test_base_eval_keeps_the_lengths_the_base_holds(tmp_path):
     from longpo import evolve
     from longpo.eval import run as eval_run

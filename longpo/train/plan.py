@@ -182,3 +182,57 @@ def describe(model_dir: str, shape: Any, tokens: int, gpus: int, gpu_gib: float,
         lines.append("cheaper layouts that do not fit (predicted peak per GPU):")
         lines += [f"  {lay.peak_bytes / GIB:7.1f} GiB  {lay.label()}" for lay in cheaper[-4:]]
     return "\n".join(lines)
+
+
+# Train keys the planner decides; a key the user set is kept and the plan is chosen around it.
+LAYOUT_KEYS = ("sp_size", "activation_checkpointing", "checkpoint_every_k", "mlp_tile_tokens", "offload_activations",
+               "gradient_accumulation_steps")
+
+
+@dataclass(frozen=True)
+class Filled:
+    keys: dict  # the layout keys the user left unset -> planned value
+    layout: Layout | None
+    note: str  # what was chosen (or why nothing was), one line
+
+
+def _matches(layout: Layout, given: dict) -> bool:
+    if "sp_size" in given and layout.sp_size != given["sp_size"]:
+        return False
+    if "activation_checkpointing" in given and layout.activation_checkpointing != given["activation_checkpointing"]:
+        return False
+    if layout.activation_checkpointing == "every_k" and "checkpoint_every_k" in given:
+        if layout.checkpoint_every_k != given["checkpoint_every_k"]:
+            return False
+    if "mlp_tile_tokens" in given and (layout.mlp_tile_tokens > 0) != (given["mlp_tile_tokens"] > 0):
+        return False
+    return "offload_activations" not in given or layout.offload_activations == given["offload_activations"]
+
+
+def fill_train_keys(shape: Any, tokens: int, gpus: int, gpu_gib: float, given: dict, optimizer: str = "rmsprop",
+                    pairs_per_micro_batch: int = 1, pairs_per_step: int = 8) -> Filled:
+    """The layout keys missing from `given` (a train stage's own keys), from the first layout that fits gpu_gib
+    per GPU among those that agree with the keys given. `gradient_checkpointing: true` counts as
+    activation_checkpointing: full; the accumulation gives about `pairs_per_step` pairs per step."""
+    full = given.get("gradient_checkpointing") and "activation_checkpointing" not in given
+    given = {**{k: v for k, v in given.items() if k in LAYOUT_KEYS}, **({"activation_checkpointing": "full"} if full else {})}
+    tile = given.get("mlp_tile_tokens") or 4096
+    layouts = [lay for lay in candidate_layouts(shape, tokens, gpus, optimizer, tile, pairs_per_step)
+               if _matches(lay, given)]
+    chosen = next((lay for lay in layouts if lay.peak_bytes <= gpu_gib * GIB), None)
+    where = f"{tokens:,} tokens on {gpus} GPU(s) x {gpu_gib:g} GiB, optimizer {optimizer}"
+    if chosen is None:
+        fixed = ", ".join(f"{k}={v}" for k, v in given.items()) or "no keys set"
+        best = f"; the smallest predicted peak is {min(lay.peak_bytes for lay in layouts) / GIB:.1f} GiB" if layouts else ""
+        return Filled({}, None, f"no layout fits {where} with {fixed}{best}")
+    dp = gpus // chosen.sp_size
+    values = {"sp_size": chosen.sp_size, "activation_checkpointing": chosen.activation_checkpointing,
+              "checkpoint_every_k": chosen.checkpoint_every_k, "mlp_tile_tokens": chosen.mlp_tile_tokens,
+              "offload_activations": chosen.offload_activations,
+              "gradient_accumulation_steps": max(1, math.ceil(pairs_per_step / (dp * pairs_per_micro_batch)))}
+    keys = {k: v for k, v in values.items() if k not in given}
+    if chosen.activation_checkpointing != "every_k":
+        keys.pop("checkpoint_every_k", None)
+    states = "" if chosen.offload_states else ", states sharded on the GPUs"
+    return Filled(keys, chosen, f"{chosen.label()}{states}; predicted peak {chosen.peak_bytes / GIB:.1f} GiB per GPU "
+                                f"({where}; estimate)")

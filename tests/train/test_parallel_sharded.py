@@ -144,6 +144,42 @@ def test_fsdp2_with_offloaded_states_equals_one_process(one_process, tmp_path):
     _check_runs("FSDP2 offload sp2", "FSDP", runs, one_process, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def one_head(one_process, tmp_path_factory) -> tuple[list[str], Path]:
+    """The tiny run's tokenizer and records with a 1-query-head model (so sp 2 is past the head count: Ulysses
+    groups of 1 rank, keys and values gathered across 2 segments), and its one-process run."""
+    import shutil
+
+    from longpo.toy.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("one_head") / "model"
+    shutil.copytree(one_process / "original_model", folder)  # tokenizer files; config and weights replaced below
+    model = build_tiny_model("llama", seed=0, num_heads=1, num_kv_heads=1, max_position_embeddings=2048)
+    model.save_pretrained(folder, safe_serialization=True)
+    args = [*TRAIN, f"model={folder}", f"train_file={one_process / 'tiny_records.jsonl'}"]
+    out = folder.parent / "run"
+    _run("one process, 1 head", [sys.executable, "-m", "longpo.cli", *args, f"output_dir={out}"], _env())
+    return args, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,config,launcher", [
+    ("DEEPSPEED", "zero3", ["-m", "longpo.cli"]),
+    ("FSDP", "fsdp2", [str(FSDP_LAUNCH)]),
+])
+def test_sp_past_the_head_count_under_sharding_equals_one_process(one_head, tmp_path, kind, config, launcher):
+    """sp 2 on a 1-head model (key/value all-gather across the 2 row segments, `parallel.split_sp_group`) under
+    ZeRO-3 and FSDP2 (accelerate launch with the shipped config), equal to one process: the all-gather's
+    backward returns each segment's key/value gradients to their rank, and the wrappers' world-average times
+    the world (`Trainer.backward_scale`) is their sum."""
+    if kind == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    args, one = one_head
+    runs = {"accelerate launch": (_accelerate_launch(f"longpo/recipes/accelerate/{config}.yaml",
+                                                     [*launcher, *args, "sp_size=2"]), _env())}
+    _check_runs(f"{config} sp2 past 1 head", kind, runs, one, tmp_path)
+
+
 # ---------------------------------------------------------------- launch checks, in this process
 
 

@@ -83,3 +83,20 @@ def test_sp_past_the_head_count_counts_the_gathered_keys(tmp_path):
     lay = plan.layout_bytes(shape, 1 << 20, 16, 16, ("full", 1, True, False), False, "rmsprop", 4096, 8)
     assert lay.parts["gathered keys/values"] == (1 << 20) // 16 * 2 * 576 * 2
     assert 16 in {lay.sp_size for lay in plan.candidate_layouts(shape, 1 << 20, 16)}
+
+
+def test_fill_train_keys_plans_around_the_keys_given(model_dir):
+    """Keys the user set are kept and constrain the layout; only the unset ones are returned, from the first
+    layout that fits among those agreeing with the given keys (`gradient_checkpointing: true` = full)."""
+    shape = plan.read_model_shape(model_dir)
+    free = plan.fill_train_keys(shape, 524288, 8, 80.0, {})
+    chosen, _ = plan.plan_layout(shape, 524288, 8, 80.0)
+    assert free.layout == chosen and free.keys["sp_size"] == chosen.sp_size
+    assert free.keys["gradient_accumulation_steps"] == 8 // (8 // chosen.sp_size)
+    given = {"sp_size": 8, "gradient_checkpointing": True, "gradient_accumulation_steps": 3, "learning_rate": 1e-6}
+    filled = plan.fill_train_keys(shape, 524288, 8, 80.0, given)
+    assert filled.layout.sp_size == 8 and filled.layout.activation_checkpointing == "full"
+    assert set(filled.keys) == {"mlp_tile_tokens", "offload_activations"}, filled.keys
+    assert "predicted peak" in filled.note and "estimate" in filled.note
+    refused = plan.fill_train_keys(shape, 524288, 1, 80.0, {"activation_checkpointing": "off"})
+    assert refused.layout is None and refused.keys == {} and "no layout fits" in refused.note
