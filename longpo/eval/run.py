@@ -261,7 +261,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
 def judge_narrativeqa(cfg: Config, fmt: Any, results: list[dict], out: Path) -> None:
     """helmet.judge: HELMET's GPT-4o rubric over the NarrativeQA predictions, put in its result as extra["judge"]."""
     for result in results:
-        if result["task"] == "helmet/narrativeqa" and result["n"]:
+        if result.get("suite") == "helmet" and result["task"] == "narrativeqa" and result["n"]:
             score = narrativeqa_judge(result, JudgeClient(cfg.judge), fmt.chat_template,
                                       out / "helmet_narrativeqa_judge.jsonl", cfg.progress)
             if score is not None:

@@ -195,3 +195,27 @@ def test_config_report_and_compare(tokenizer, splits, tmp_path, scripted_backend
     assert summary["helmet"]["narrativeqa_judge"] == 50.0 and summary["helmet"]["longqa"] == pytest.approx(50.0)
     assert "| NarrativeQA judge |" in to_markdown(summary) and "LongQA avg" in to_markdown(summary)
     assert "HELMET NarrativeQA F1" in compare(summary, summary) and "HELMET LongQA avg" in compare(summary, summary)
+
+
+def test_eval_run_puts_the_judge_score_in_the_result(tokenizer, splits, tmp_path, scripted_backend):
+    """helmet.judge=true: `longpo eval` judges the NarrativeQA predictions once (run.judge_narrativeqa) and puts
+    fluency x correctness x 100 / 3 into the result's extra['judge']; other tasks are left alone."""
+    from longpo.eval.run import Config, HelmetConfig, judge_narrativeqa
+    from longpo.eval.runner import evaluate
+
+    (test_path, train_path), _, _ = splits
+    task = NarrativeQATask(test_path, PromptFormat(tokenizer, chat_template=True), train_path, shots=2,
+                           min_tokens=20, max_tokens=60)
+    out = tmp_path / "out"
+    results = evaluate(scripted_backend(tokenizer, lambda p: "the old man"), [task], out, progress=False)
+    other = {"suite": "helmet", "task": "infbench_qa", "n": 1, "score": 1.0}
+    server = LoopbackServer(lambda payload, headers: (200, {"choices": [{"message": {
+        "content": '{"fluency": 1, "correctness": 2}'}}]}))
+    try:
+        cfg = Config(model="m", helmet=HelmetConfig(judge=True), judge=JudgeConfig(
+            base_url=server.url, api_key_env="LONGPO_NO_KEY", concurrency=1, backoff=0.01))
+        judge_narrativeqa(cfg, task.fmt, results + [other], out)
+    finally:
+        server.close()
+    assert results[0]["extra"]["judge"] == pytest.approx(200 / 3) and "extra" not in other
+    assert len((out / "helmet_narrativeqa_judge.jsonl").read_text().splitlines()) == 3
