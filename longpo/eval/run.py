@@ -53,10 +53,12 @@ from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_tokenizer as load_local_tokenizer
 from longpo.models import max_positions
 
-# Keys that do not change the predictions (a rerun with other values resumes).
-FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff")
+# Keys that do not change the predictions (a rerun with other values resumes; helmet.judge=true on a finished
+# run judges its saved NarrativeQA predictions).
+FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff",
+                      "helmet.judge")
 OUTPUTS = ("predictions", "short", "summary.json", "summary.csv", "summary.md", "niah_depth.png",
-           "resolved_config.yaml")
+           "resolved_config.yaml", "helmet_narrativeqa_judge.jsonl")
 
 
 def check_rerun(cfg: Config) -> None:
