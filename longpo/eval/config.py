@@ -96,11 +96,12 @@ class HelmetConfig:
     enabled: bool = help_field(True, "run the HELMET tasks whose files are given (data_dir or files)")
     tasks: list[str] = help_field(list(HELMET_TASKS), "HELMET tasks: json_kv (recall), nq, triviaqa, hotpotqa, "
                                   "popqa (RAG), msmarco (re-rank), trec_coarse, trec_fine, banking77, clinic150, "
-                                  "nlu (ICL), infbench_qa, infbench_choice (long-document QA)")
+                                  "nlu (ICL), narrativeqa, infbench_qa, infbench_choice (long-document QA)")
     data_dir: str | None = help_field(None, "HELMET's data/ folder as scripts/download_data.sh unpacks it (json_kv/, "
-                                            "kilt/, msmarco/), plus icl/<dataset>/{train,test}.jsonl written locally")
+                                            "kilt/, msmarco/), plus icl/<dataset>/{train,test}.jsonl and "
+                                            "narrativeqa/{train,test}.jsonl written locally")
     files: dict = help_field({}, "per-task test file overrides, e.g. {nq: /data/nq.jsonl}")
-    demos: dict = help_field({}, "per-task demo file overrides (RAG, msmarco; ICL: the train split)")
+    demos: dict = help_field({}, "per-task demo file overrides (RAG, msmarco; ICL, narrativeqa: the train split)")
     max_length: int = help_field(131072, "input_max_length: prompt + generation; the context is cut at its end to fit")
     num_samples: int = help_field(100, "max_test_samples (-1: all)")
     shots: int = help_field(2, "in-context demos of recall, RAG and re-rank")
@@ -110,6 +111,8 @@ class HelmetConfig:
     truncate_tokenizer: str | None = help_field(None, "long-document QA: a local copy of Llama-2's tokenizer, which "
                                                       "HELMET cuts and filters the books with; unset: the model's")
     seed: int = help_field(42, "seed of the sample and demo draws")
+    judge: bool = help_field(False, "narrativeqa: also its judge score, HELMET's GPT-4o rubric through judge.* "
+                                    "(HELMET: model gpt-4o-2024-05-13, temperature 0.1)")
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in HELMET_TASKS]
@@ -176,7 +179,7 @@ class Config:
     mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")
     longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
                                                      help="LongBench-Chat (LLM judge) settings")
-    judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat")
+    judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat / helmet.judge")
     overwrite: bool = help_field(False, "start over in out_dir: remove this stage's outputs there first; "
                                         "without it a rerun must use the same settings")
 

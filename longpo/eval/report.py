@@ -35,9 +35,13 @@ IB_LABELS = {"en_sum": "En.Sum", "en_qa": "En.QA", "en_mc": "En.MC"}
 IB_EXTRA_LABELS = {"en_mc_lenient": "En.MC (lenient parser)"}
 HELMET_LABELS = {"json_kv": "JSON KV", "nq": "NQ", "triviaqa": "TriviaQA", "hotpotqa": "HotpotQA", "popqa": "PopQA",
                  "msmarco": "MS MARCO", "trec_coarse": "TREC Coarse", "trec_fine": "TREC Fine",
-                 "banking77": "BANKING77", "clinic150": "CLINC150", "nlu": "NLU", "infbench_qa": "InfBench QA",
-                 "infbench_choice": "InfBench MC"}
-HELMET_AVG_LABELS = {"rag": "RAG avg", "icl": "ICL avg"}  # HELMET's Re-rank is MS MARCO alone
+                 "banking77": "BANKING77", "clinic150": "CLINC150", "nlu": "NLU", "narrativeqa": "NarrativeQA",
+                 "narrativeqa_f1": "NarrativeQA F1", "narrativeqa_substring_exact_match": "NarrativeQA sub-EM",
+                 "narrativeqa_judge": "NarrativeQA judge", "infbench_qa": "InfBench QA", "infbench_choice": "InfBench MC"}
+# HELMET's Re-rank is MS MARCO alone; its LongQA averages the NarrativeQA judge score, InfBench QA and MC
+HELMET_AVG_LABELS = {"rag": "RAG avg", "icl": "ICL avg", "longqa": "LongQA avg"}
+# shown beside its ROUGE-L F1: HELMET's other exact metrics, and the judge's score when helmet.judge is on
+NARRATIVEQA_EXTRAS = ("f1", "substring_exact_match", "judge")
 LB2_LABELS = {"overall": "Overall", "easy": "Easy", "hard": "Hard", "short": "Short", "medium": "Medium",
               "long": "Long"}
 SHORT_LABELS = {"mmlu": "MMLU", "arc_challenge": "ARC-C", "hellaswag": "HellaSwag", "winogrande": "Winogrande"}
@@ -83,7 +87,11 @@ def summarize(results: list[dict], skipped: list[dict] | None = None, short: dic
     if helmet:
         rag = [helmet[t] for t in ("nq", "triviaqa", "hotpotqa", "popqa") if t in helmet]
         icl = [helmet[t] for t in ("trec_coarse", "trec_fine", "banking77", "clinic150", "nlu") if t in helmet]
+        helmet.update({f"narrativeqa_{k}": r["extra"][k] for r in results if r.get("suite") == "helmet"
+                       and r["task"] == "narrativeqa" for k in NARRATIVEQA_EXTRAS if k in r.get("extra", {})})
+        longqa = [helmet.get(t) for t in ("narrativeqa_judge", "infbench_qa", "infbench_choice")]
         summary["helmet"] = {**helmet, **({"recall": helmet["json_kv"]} if "json_kv" in helmet else {}),
+                             **({"longqa": _mean(longqa)} if None not in longqa else {}),
                              **({"rag": _mean(rag)} if rag else {}), **({"icl": _mean(icl)} if icl else {}),
                              **({"rerank": helmet["msmarco"]} if "msmarco" in helmet else {})}
     lb2 = [r for r in results if r.get("suite") == "longbench_v2"]
@@ -154,8 +162,10 @@ def to_markdown(summary: dict, title: str = "") -> str:
         parts += ["## HELMET", _md_table([{**HELMET_LABELS, **HELMET_AVG_LABELS}[k] for k in keys],
                                          [[_fmt(he[k]) for k in keys]]),
                   "as princeton-nlp/HELMET: substring exact match (%) for JSON KV and RAG, NDCG@10 (x 100) for "
-                  "MS MARCO (Re-rank), label exact match (%) for ICL, ROUGE-L F1 (x 100) for InfBench QA and exact match (%) "
-                  "for InfBench MC (HELMET's LongQA also has NarrativeQA, GPT-4 judged, not built); Recall = JSON KV here (HELMET's Recall also "
+                  "MS MARCO (Re-rank), label exact match (%) for ICL, ROUGE-L F1 (x 100) for NarrativeQA and InfBench QA "
+                  "(NarrativeQA F1: token F1, sub-EM: substring exact match, both x 100), exact match (%) for InfBench MC, "
+                  "the judge's fluency x correctness x 100 / 3 for NarrativeQA judge (HELMET's LongQA avg uses it, "
+                  "shown when judged); Recall = JSON KV here (HELMET's Recall also "
                   "averages RULER niah_mk_2, niah_mk_3, niah_mv, reported in the RULER table)"]
     if "longbench_v2" in summary:
         lb = summary["longbench_v2"]

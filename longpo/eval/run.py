@@ -33,6 +33,7 @@ from longpo.eval.config import (  # noqa: F401 (re-exported; there, `longpo eval
 )
 from longpo.eval.fitting import PromptFormat, PromptTooLong
 from longpo.eval.haystack import DataMissing
+from longpo.eval.judge import JudgeClient
 from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
@@ -40,6 +41,8 @@ from longpo.eval.runner import evaluate
 from longpo.eval.tasks import helmet
 from longpo.eval.tasks.helmet_icl import ICLTask
 from longpo.eval.tasks.helmet_longqa import LongQATask
+from longpo.eval.tasks.helmet_narrativeqa import NarrativeQATask
+from longpo.eval.tasks.helmet_narrativeqa import judge_result as narrativeqa_judge
 from longpo.eval.tasks.helmet_rerank import RerankTask
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
@@ -50,10 +53,12 @@ from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_tokenizer as load_local_tokenizer
 from longpo.models import max_positions
 
-# Keys that do not change the predictions (a rerun with other values resumes).
-FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff")
+# Keys that do not change the predictions (a rerun with other values resumes; helmet.judge=true on a finished
+# run judges its saved NarrativeQA predictions).
+FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff",
+                      "helmet.judge")
 OUTPUTS = ("predictions", "short", "summary.json", "summary.csv", "summary.md", "niah_depth.png",
-           "resolved_config.yaml")
+           "resolved_config.yaml", "helmet_narrativeqa_judge.jsonl")
 
 
 def check_rerun(cfg: Config) -> None:
@@ -179,9 +184,10 @@ def make_backend(cfg: Config) -> Any:
 
 
 GIVEN_DATA = ("infinitebench/", "longbench_v2/", "helmet/")
-# a HELMET category -> its task class, each built from the helmet.* keys by its own `from_config`
+# a HELMET category (or a task whose class differs from its category's) -> its task class, each built from the
+# helmet.* keys by its own `from_config`
 HELMET_KINDS = {"recall": helmet.HelmetTask, "rag": helmet.HelmetTask, "rerank": RerankTask, "icl": ICLTask,
-                "longqa": LongQATask}
+                "longqa": LongQATask, "narrativeqa": NarrativeQATask}
 
 
 def helmet_files(cfg: Config) -> dict[str, tuple[Path, Path | None]]:
@@ -241,7 +247,7 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
     h = cfg.helmet
     for name, (path, demo) in helmet_files(cfg).items():
-        kind = HELMET_KINDS[helmet.CATEGORY[name]]
+        kind = HELMET_KINDS.get(name) or HELMET_KINDS[helmet.CATEGORY[name]]
         add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind.from_config(
             name, path, demo, fmt, h))
     lb = cfg.longbench_v2
@@ -252,6 +258,16 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
         for length in ([SHORT] if t.short else []) + t.lengths:
             tasks.append(FactQA(fmt.tokenizer, length, t.num_samples, t.seed))
     return tasks, sweep, skipped
+
+
+def judge_narrativeqa(cfg: Config, fmt: Any, results: list[dict], out: Path) -> None:
+    """helmet.judge: HELMET's GPT-4o rubric over the NarrativeQA predictions, put in its result as extra["judge"]."""
+    for result in results:
+        if result.get("suite") == "helmet" and result["task"] == "narrativeqa" and result["n"]:
+            score = narrativeqa_judge(result, JudgeClient(cfg.judge), fmt.chat_template,
+                                      out / "helmet_narrativeqa_judge.jsonl", cfg.progress)
+            if score is not None:
+                result.setdefault("extra", {})["judge"] = score
 
 
 def main(cfg: Config) -> int:
@@ -279,6 +295,8 @@ def main(cfg: Config) -> int:
             mine = (tasks + sweep)[cfg.shard_index::cfg.num_shards]  # this job's share of the tasks
             if mine:
                 results = evaluate(backend, mine, out, sampling, cfg.batch_size, cfg.progress)
+            if cfg.helmet.judge and cfg.num_shards == 1:  # once, in the summary run of sharded jobs
+                judge_narrativeqa(cfg, fmt, results, out)
         if judged_on:  # judged benchmarks run once, in the summary run of sharded jobs
             before = len(skipped)
             judged = run_judged(cfg, fmt, lambda: backend, out, sampling, skipped)

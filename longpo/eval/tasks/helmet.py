@@ -48,13 +48,13 @@ PASSAGE = "Document (Title: {title}): {text}"
 QA_DEMO = "{documents}\n\nQuestion: {question}\nAnswer: {answer}"
 RECALL_RAG = ("json_kv", "nq", "triviaqa", "hotpotqa", "popqa")
 ICL = ("trec_coarse", "trec_fine", "banking77", "clinic150", "nlu")
-LONGQA = ("infbench_qa", "infbench_choice")
-# msmarco: re-rank (helmet_rerank.py); ICL: helmet_icl.py; long-document QA: helmet_longqa.py
+LONGQA = ("narrativeqa", "infbench_qa", "infbench_choice")
+# msmarco: re-rank (helmet_rerank.py); ICL: helmet_icl.py; long-document QA: helmet_narrativeqa.py, helmet_longqa.py
 TASKS = (*RECALL_RAG, "msmarco", *ICL, *LONGQA)
 CATEGORY = {"json_kv": "recall", "nq": "rag", "triviaqa": "rag", "hotpotqa": "rag", "popqa": "rag",
             "msmarco": "rerank", **dict.fromkeys(ICL, "icl"), **dict.fromkeys(LONGQA, "longqa")}
 MAX_NEW_TOKENS = {"json_kv": 100, "nq": 20, "triviaqa": 20, "hotpotqa": 20, "popqa": 20, "msmarco": 200,
-                  **dict.fromkeys(ICL, 20), **dict.fromkeys(LONGQA, 10)}
+                  **dict.fromkeys(ICL, 20), **dict.fromkeys(LONGQA, 10), "narrativeqa": 100}
 POPQA_THRESHOLD = 3.0
 # where HELMET's scripts/download_data.sh puts each file, relative to its data/ folder (configs/recall.yaml, rag.yaml)
 DEFAULT_FILES = {"json_kv": "json_kv/test_k1800_dep6.jsonl",
@@ -67,12 +67,14 @@ DEFAULT_FILES = {"json_kv": "json_kv/test_k1800_dep6.jsonl",
                  "trec_coarse": "icl/trec/test.jsonl", "trec_fine": "icl/trec/test.jsonl",
                  "banking77": "icl/banking77/test.jsonl", "clinic150": "icl/clinic150/validation.jsonl",
                  "nlu": "icl/nlu/test.jsonl",
+                 # HELMET reads NarrativeQA from the hub too: local copies of its test / train splits
+                 "narrativeqa": "narrativeqa/test.jsonl",
                  "infbench_qa": "infinitebench/longbook_qa_eng.jsonl",
                  "infbench_choice": "infinitebench/longbook_choice_eng.jsonl"}
 DEFAULT_DEMOS = {"msmarco": "msmarco/test_reranking_data_k10_dep3.jsonl",
                  "trec_coarse": "icl/trec/train.jsonl", "trec_fine": "icl/trec/train.jsonl",
                  "banking77": "icl/banking77/train.jsonl", "clinic150": "icl/clinic150/train.jsonl",
-                 "nlu": "icl/nlu/train.jsonl",
+                 "nlu": "icl/nlu/train.jsonl", "narrativeqa": "narrativeqa/train.jsonl",
                  "nq": "kilt/nq-train-multikilt_1000_k3_dep6.jsonl",
                  "triviaqa": "kilt/triviaqa-train-multikilt_1000_k3_dep6.jsonl",
                  "hotpotqa": "kilt/hotpotqa-train-multikilt_1000_k3_dep3.jsonl",
