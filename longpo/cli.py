@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from longpo import recipes
+from longpo.backends import BACKENDS, DEFAULT_BACKEND
 from longpo.config import ConfigRuleError, build_config, config_help, read_config, source_of
 from longpo.errors import InputError
 from longpo.paths import ModelPathError, check_local
@@ -234,8 +235,9 @@ RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command}
 def check_model_path(stage: str, values: dict, sources: dict[str, str]) -> None:
     """A stage's local model folder exists (and holds a config.json), named with where it was given."""
     model = values.get("model")
+    backend = BACKENDS.get(values.get("backend", DEFAULT_BACKEND))  # an unknown name: the config refuses it next
     if (stage not in MODEL_FOLDER_STAGES or not isinstance(model, str) or not model
-            or (stage == "train" and model == TINY) or values.get("backend") == "openai"):
+            or (stage == "train" and model == TINY) or (backend is not None and not backend.local_model)):
         return
     try:
         check_local(model)

@@ -63,6 +63,7 @@ from typing import Any
 import yaml
 
 from longpo import recipes
+from longpo.backends import DEFAULT_BACKEND, backend_spec
 from longpo.config import build_config, config_to_dict, write_resolved_config
 from longpo.data import generate, reference
 from longpo.errors import InputError
@@ -102,7 +103,8 @@ def run_once(marker: Path, fn: Any, cfg: Any) -> bool:
 def _needs_two_phases(values: dict) -> bool:
     """A RoPE override with the original model for the short steps: two models, so two processes."""
     rope = values.get("rope_theta") is not None or values.get("max_position_embeddings") is not None
-    return rope and values.get("backend", "hf") != "openai" and values.get("original_for_short_steps", True)
+    return (rope and backend_spec(values.get("backend", DEFAULT_BACKEND)).rope_override
+            and values.get("original_for_short_steps", True))
 
 
 def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
@@ -153,7 +155,7 @@ class Stage:
 
 
 def _tp(backend: str, args: dict) -> int:
-    return int(args.get("tensor_parallel_size", 1)) if backend == "vllm" else 1
+    return int(args.get("tensor_parallel_size", 1)) if backend_spec(backend).tensor_parallel else 1
 
 
 def _workers(stage: str, folder: Path, name: str, configs: list[Any], groups: list[list[str]]) -> Wave:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from longpo import backends
+from longpo.backends import backend_spec
 from longpo.backends.base import Sampling
 from longpo.config import write_resolved_config
 from longpo.errors import InputError
@@ -55,7 +56,7 @@ def check_rerun(cfg: Config) -> None:
              "infinitebench.data_dir": ib.data_dir, "short.include_path": s.include_path,
              **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
              **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
-    if cfg.backend != "openai":
+    if backend_spec(cfg.backend).local_model:
         paths |= {"model": cfg.model}
     inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
     guard("eval", cfg.out_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, OUTPUTS))
@@ -89,7 +90,7 @@ def check_inputs(cfg: Config) -> None:
     absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
     if absent:
         raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
-    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    limit = max_positions(cfg.model) if backend_spec(cfg.backend).local_model else None
     if limit is None or cfg.allow_beyond_max_positions:
         return
     wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
@@ -104,7 +105,7 @@ def check_inputs(cfg: Config) -> None:
 
 def skip_beyond_max_positions(cfg: Config) -> list[dict]:
     """Remove the target lengths the model cannot hold (in place); returns them as skipped entries."""
-    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    limit = max_positions(cfg.model) if backend_spec(cfg.backend).local_model else None
     if limit is None:
         return []
     reason = f"longer than the model's max_position_embeddings ({limit})"
@@ -141,8 +142,8 @@ class LazyBackend:
 def eval_tokenizer(cfg: Config) -> Any:
     """The evaluated model's tokenizer, from a local folder: prompts are fitted with it before any model loads."""
     path = cfg.tokenizer or cfg.model
-    if cfg.backend == "openai" and not cfg.tokenizer:
-        raise InputError("backend=openai: set tokenizer= to a local copy of the served model's tokenizer "
+    if not backend_spec(cfg.backend).local_model and not cfg.tokenizer:
+        raise InputError(f"backend={cfg.backend}: set tokenizer= to a local copy of the served model's tokenizer "
                          "(prompts are fitted to the target lengths with it)")
     return load_local_tokenizer(path)
 
