@@ -32,6 +32,7 @@ from typing import NamedTuple
 from longpo import recipes
 from longpo.backends import BACKENDS, DEFAULT_BACKEND
 from longpo.config import ConfigRuleError, build_config, config_help, read_config, source_of
+from longpo.demo.extensions import register as register_toy
 from longpo.errors import InputError
 from longpo.paths import ModelPathError, check_local
 from longpo.train.config import TINY
@@ -269,6 +270,7 @@ def run_stage(stage: str, argv: list[str]) -> int:
         print(stage_help(stage, config_cls, module_doc(STAGES[stage].module)))
         return 0
     cfg = parse_config(stage, config_cls, config, overrides)
+    register_toy()  # the toy's tiny run and eval task, through the engine's extension points
     return int(importlib.import_module(STAGES[stage].module).main(cfg) or 0)
 
 

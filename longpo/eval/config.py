@@ -89,6 +89,13 @@ class ShortConfig:
     offline: bool = help_field(True, "set HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for lm-eval")
 
 
+TOY_SHORT = 0  # the length key of the toy's short-context task (its base model's training distribution)
+
+
+def toy_length_label(length: int) -> str:
+    return "short" if length == TOY_SHORT else str(length)
+
+
 @dataclass(kw_only=True)
 class ToyConfig:
     enabled: bool = help_field(False, "run the toy world's fact lookup (the built-in demo's evaluation)")

@@ -35,9 +35,9 @@ from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
+from longpo.eval.tasks import TASK_SUITES
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.ruler import RulerData, RulerTask
-from longpo.eval.tasks.toy import SHORT, FactQA
 from longpo.families import check_model_folder
 from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_tokenizer as load_local_tokenizer
@@ -192,10 +192,11 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
             add(tasks, f"infinitebench/{name}",
                 lambda name=name, path=path: InfiniteBenchTask(
                     name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
-    t = cfg.toy
-    if t.enabled:
-        for length in ([SHORT] if t.short else []) + t.lengths:
-            tasks.append(FactQA(fmt.tokenizer, length, t.num_samples, t.seed))
+    if cfg.toy.enabled:
+        if "toy" not in TASK_SUITES:
+            raise InputError("toy.enabled=true: no task suite 'toy' is registered here (the demo registers it: "
+                             "longpo.demo.extensions.register())")
+        tasks += TASK_SUITES["toy"].build(cfg.toy, fmt)
     return tasks, sweep, skipped
 
 
