@@ -125,10 +125,22 @@ def _stage_configs(it: Iteration, model: str, folder: Path) -> dict[str, Any]:
             f"{it.name}.reference")
     cfgs["train"] = build_config(trainer.Config, {**it.train, "model": model, "train_file": str(pairs),
                                                   "output_dir": str(folder / "train")}, f"{it.name}.train")
+    check_rope_agrees(it.name, gen, cfgs["train"])
     final = cfgs["train"].export_dir or str(folder / "train" / "final")
     cfgs["eval"] = build_config(eval_run.Config, {**it.eval, "model": final, "out_dir": str(folder / "eval")},
                                 f"{it.name}.eval")
     return cfgs
+
+
+def check_rope_agrees(name: str, gen: Any, train: Any) -> None:
+    """Generate's RoPE override makes the generator of the rejected answers, the policy-to-be; the train keys
+    of the same iteration must not give the policy another. A key left unset keeps the model's own value
+    (read only when the stage runs, the model may not exist yet), so only two set values are compared."""
+    for key in ("rope_theta", "max_position_embeddings"):
+        g, t = getattr(gen, key), getattr(train, key)
+        if g is not None and t is not None and g != t:
+            raise InputError(f"iteration {name}: generate.{key}={g} but train.{key}={t}; the long-context "
+                             f"answers and the trained policy must share one RoPE: set the same {key} in both")
 
 
 # ------------------------------------------------------------------------------------------ the plan
