@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from longpo import recipes
+from longpo.backends import BACKENDS, DEFAULT_BACKEND
 from longpo.config import ConfigRuleError, build_config, config_help, read_config, source_of
+from longpo.demo.extensions import register as register_toy
 from longpo.errors import InputError
 from longpo.paths import ModelPathError, check_local
 from longpo.train.config import TINY
@@ -259,8 +261,9 @@ RUN_COMMANDS = {"recipes": recipes_command, "plot": plot_command, "plan": plan_c
 def check_model_path(stage: str, values: dict, sources: dict[str, str]) -> None:
     """A stage's local model folder exists (and holds a config.json), named with where it was given."""
     model = values.get("model")
+    backend = BACKENDS.get(values.get("backend", DEFAULT_BACKEND))  # an unknown name: the config refuses it next
     if (stage not in MODEL_FOLDER_STAGES or not isinstance(model, str) or not model
-            or (stage == "train" and model == TINY) or values.get("backend") == "openai"):
+            or (stage == "train" and model == TINY) or (backend is not None and not backend.local_model)):
         return
     try:
         check_local(model)
@@ -292,6 +295,7 @@ def run_stage(stage: str, argv: list[str]) -> int:
         print(stage_help(stage, config_cls, module_doc(STAGES[stage].module)))
         return 0
     cfg = parse_config(stage, config_cls, config, overrides)
+    register_toy()  # the toy's tiny run and eval task, through the engine's extension points
     return int(importlib.import_module(STAGES[stage].module).main(cfg) or 0)
 
 

@@ -69,6 +69,7 @@ from typing import Any
 import yaml
 
 from longpo import nodes, recipes
+from longpo.backends import DEFAULT_BACKEND, backend_spec
 from longpo.config import build_config, config_to_dict, write_resolved_config
 from longpo.data import generate, reference
 from longpo.errors import InputError
@@ -110,7 +111,8 @@ def run_once(marker: Path, fn: Any, cfg: Any) -> bool:
 def _needs_two_phases(values: dict) -> bool:
     """A RoPE override with the original model for the short steps: two models, so two processes."""
     rope = values.get("rope_theta") is not None or values.get("max_position_embeddings") is not None
-    return rope and values.get("backend", "hf") != "openai" and values.get("original_for_short_steps", True)
+    return (rope and backend_spec(values.get("backend", DEFAULT_BACKEND)).rope_override
+            and values.get("original_for_short_steps", True))
 
 
 def _stage_configs(it: Iteration, model: str, folder: Path, layout: dict | None = None) -> dict[str, Any]:
@@ -132,10 +134,22 @@ def _stage_configs(it: Iteration, model: str, folder: Path, layout: dict | None 
             f"{it.name}.reference")
     cfgs["train"] = build_config(trainer.Config, {**(layout or {}), **it.train, "model": model, "train_file": str(pairs),
                                                   "output_dir": str(folder / "train")}, f"{it.name}.train")
+    check_rope_agrees(it.name, gen, cfgs["train"])
     final = cfgs["train"].export_dir or str(folder / "train" / "final")
     cfgs["eval"] = build_config(eval_run.Config, {**it.eval, "model": final, "out_dir": str(folder / "eval")},
                                 f"{it.name}.eval")
     return cfgs
+
+
+def check_rope_agrees(name: str, gen: Any, train: Any) -> None:
+    """Generate's RoPE override makes the generator of the rejected answers, the policy-to-be; the train keys
+    of the same iteration must not give the policy another. A key left unset keeps the model's own value
+    (read only when the stage runs, the model may not exist yet), so only two set values are compared."""
+    for key in ("rope_theta", "max_position_embeddings"):
+        g, t = getattr(gen, key), getattr(train, key)
+        if g is not None and t is not None and g != t:
+            raise InputError(f"iteration {name}: generate.{key}={g} but train.{key}={t}; the long-context "
+                             f"answers and the trained policy must share one RoPE: set the same {key} in both")
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -199,7 +213,7 @@ class Stage:
 
 
 def _tp(backend: str, args: dict) -> int:
-    return int(args.get("tensor_parallel_size", 1)) if backend == "vllm" else 1
+    return int(args.get("tensor_parallel_size", 1)) if backend_spec(backend).tensor_parallel else 1
 
 
 def _shards(cfg: Config, groups: list[list[str]]) -> int:

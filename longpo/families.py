@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from longpo.backends import DEFAULT_BACKEND, backend_spec
 from longpo.errors import InputError
 from longpo.paths import check_local
 
@@ -141,18 +142,20 @@ def final_logit_softcap(config: Any) -> float | None:
     return getattr(_text_config(config), "final_logit_softcapping", None)
 
 
-def check_model_folder(path: str | Path, backend: str = "hf", *, training: bool = False,
+def check_model_folder(path: str | Path, backend: str = DEFAULT_BACKEND, *, training: bool = False,
                        attention_backend: str = "sdpa", rope_theta: float | None = None,
                        max_position_embeddings: int | None = None) -> None:
     """Before a stage reads anything: `path` is a local model folder whose family longpo computes exactly
-    for this use (`families.check_model`; only config.json is read). vLLM runs its own attention and
-    logits, so there only the RoPE override is checked; an OpenAI-compatible server is not checked here."""
-    if backend == "openai":
+    for this use (`families.check_model`; only config.json is read). A backend that runs its own attention
+    and logits (vLLM) gets only the RoPE override checked; one without a local model (an OpenAI-compatible
+    server) nothing here. `backend` is a name of `longpo.backends.BACKENDS`."""
+    spec = backend_spec(backend)
+    if not spec.local_model:
         return
     from transformers import AutoConfig  # here: stages check before they import torch
 
     config = AutoConfig.from_pretrained(str(check_local(path)), trust_remote_code=False, local_files_only=True)
-    if backend == "vllm":
+    if not spec.transformers_forward:
         check_rope_override(config, rope_theta, max_position_embeddings)
         return
     check_model(config, training=training, attention_backend=attention_backend, rope_theta=rope_theta,

@@ -2,10 +2,15 @@ import os
 
 import pytest
 
+from longpo.demo.extensions import register as register_toy
+
 # Tests never reach a hub: everything is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The toy's tiny training run and eval task, as the CLI and the demo register them (longpo/demo/extensions.py).
+register_toy()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from longpo.demo.run import SHIPPED, Config, demo
-from longpo.eval.tasks.toy import FactQA
+from longpo.toy.task import FactQA
 from longpo.toy.world import answer, build_tokenizer, short_doc
 
 

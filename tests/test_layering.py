@@ -77,3 +77,25 @@ def test_cycle_finder_finds_a_cycle():
     """The checker itself can fail: a -> b -> c -> a is reported."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_engine_does_not_import_the_toy():
+    """The toy is a user of the engine: its tiny run and eval task come in through `BUILT_RUNS` and
+    `TASK_SUITES` (registered by longpo/demo/extensions.py), so only the demo (and the toy itself) import it."""
+    graph = import_graph()
+    importers = sorted(m for m, edges in graph.items() if any(e.startswith("longpo.toy") for e in edges)
+                       and not m.startswith(("longpo.toy", "longpo.demo")))
+    assert importers == [], f"modules outside longpo/demo importing the toy: {importers}"
+    engine = [m for m in graph if m.startswith(("longpo.train", "longpo.eval", "longpo.data", "longpo.backends"))]
+    assert len(engine) > 20, f"found only {len(engine)} engine modules"
+
+
+def test_stages_do_not_compare_backend_names():
+    """Stages ask a backend's spec (longpo.backends.BACKENDS), never its name."""
+    import re
+
+    names = re.compile(r"""(==|!=|\bin)\s*\(?["'](hf|vllm|openai)["']|["'](hf|vllm|openai)["']\s*(==|!=)""")
+    hits = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py")
+            if "backends" not in p.parts
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if names.search(line)]
+    assert hits == [], f"backend-name comparisons outside longpo/backends: {hits}"

@@ -28,15 +28,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from longpo.backends import BACKENDS, DEFAULT_BACKEND, backend_names, backend_spec
 from longpo.backends.base import Sampling, generate_with_reasons
 from longpo.config import help_field
-from longpo.data import phases, released_preset
-from longpo.data.filters import DROP_REASONS as FILTER_DROP_REASONS
-from longpo.data.filters import FilterConfig, drop_reason, is_copy, is_specific_question, trim_to_sentence
+from longpo.data import phases, project_preset, released_preset
+from longpo.data.filters import FilterConfig, is_copy, trim_to_sentence
 from longpo.data.presets import question_template
-from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE, question_prompt
+from longpo.data.prompts import QUESTION_PARSERS, QUESTION_PREFIX, QUESTION_TEMPLATE
 from longpo.data.stats import (
     add_reference_stats,
     merge_stats,
@@ -51,22 +51,41 @@ from longpo.fingerprint import guard, identity, remove
 
 log = logging.getLogger("longpo.generate")
 PHASES = ("all", "short", "long")
-PROMPTS = ("project", "released")
-# Keys of the project preset's questions and filters: prompts=released has its own rule for each.
-PROJECT_KEYS = ("num_questions", "min_questions", "question_parser", "question_template", "question_prefix")
-PROJECT_FILTER_KEYS = ("refusal_phrases", "max_repeat_ratio", "min_words", "ngram", "max_repeated_ngram_ratio",
-                       "drop_copied_answers", "require_specific_question")
-# Drop reasons counted (from 0) in a run's stats: the preset's answer filters, then the checks both share.
-DROP_REASONS = {"project": FILTER_DROP_REASONS,
-                "released": released_preset.DROP_REASONS + ("chosen_equals_rejected", "truncated",
-                                                            "short_prompt_too_long")}
+
+
+class GenerationPreset(Protocol):
+    """How questions are asked, read and chosen, how chunks are joined and answers filtered (`prompts=NAME`).
+
+    The pipeline below asks the preset and holds no preset's rule; a preset is one file (its rules and
+    this object, e.g. longpo/data/project_preset.py) and its entry in `PRESETS`.
+    """
+
+    name: str  # chosen by `prompts=NAME`
+    keys: tuple[str, ...]  # config keys only it reads; a preset that does not read them refuses them when set
+    summary: str  # what it asks and filters by, for that refusal
+    separator: str  # default `separator`: joins chunks into the long context
+    paragraph_separator: str | None  # joins blocks inside a chunk; None: `separator`
+    num_turns: int  # default `num_turns`
+    independent_turns: bool  # True: each rejected answer alone over the document, a dropped turn leaves the
+    # others; False: turn i follows the rejected turns < i, and a document stops at its first dropped turn
+    drop_reasons: tuple[str, ...]  # counted (from 0) in a run's stats: its filters', then the shared checks
+
+    def question_request(self, cfg: Any, chunk: str) -> str: ...  # the user message asking about one chunk
+    def parse_questions(self, cfg: Any, reply: str) -> list[str]: ...
+    def usable_questions(self, cfg: Any, found: list[str], chunk: str, stats: dict) -> list[str]: ...
+    def pick_question(self, cfg: Any, questions: list[str], rng: random.Random) -> str: ...
+    def drop_reason(self, cfg: Any, chosen: str, rejected: str | None, branch: str,
+                    earlier: list[str]) -> str | None: ...
+
+
+PRESETS: dict[str, GenerationPreset] = {p.name: p for p in (project_preset.PRESET, released_preset.PRESET)}
 
 
 @dataclass(kw_only=True)
 class Config:
     model: str = help_field(help="the short-context generator: a local model folder (served name for openai)")
     tokenizer: str | None = help_field(None, "tokenizer folder; default: the model folder")
-    backend: str = help_field("hf", "generation backend: hf, vllm or openai")
+    backend: str = help_field(DEFAULT_BACKEND, f"generation backend: {backend_names()}")
     backend_args: dict = help_field({}, "extra keyword arguments of the backend (dtype, tensor_parallel_size, "
                                         "base_url, concurrency, ...)")
     rope_theta: float | None = help_field(None, "RoPE base of the generator for the long-context (rejected) "
@@ -90,9 +109,9 @@ class Config:
     max_doc_tokens: int = help_field(131072, "skip (and count) longer documents")
     min_chunk_tokens: int = help_field(16384, "shortest chunk a question is asked about")
     max_chunk_tokens: int = help_field(30000, "longest chunk")
-    prompts: str = help_field("project", "question prompt, parser, prefix, separators, filters and turns as one "
-                                         "preset: project (ours) or released (the released LongPO data scripts; "
-                                         "docs/stages/generate.md, 'Presets')")
+    prompts: str = help_field(project_preset.PRESET.name, "question prompt, parser, prefix, separators, filters and turns as one "
+                                         f"preset: {' or '.join(PRESETS)} (project: ours; released: the released "
+                                         "LongPO data scripts; docs/stages/generate.md, 'Presets')")
     separator: str | None = help_field(None, "joins chunks into the long context; default: the preset's (project "
                                              "'\\n\\n', also between paragraphs; released '\\n\\n\\n', paragraphs "
                                              "joined by a space)")
@@ -139,13 +158,13 @@ class Config:
                              f"({self.max_chunk_tokens})")
         if self.min_doc_tokens > self.max_doc_tokens:
             raise ValueError(f"min_doc_tokens ({self.min_doc_tokens}) > max_doc_tokens ({self.max_doc_tokens})")
-        if self.prompts not in PROMPTS:
-            raise ValueError(f"prompts={self.prompts!r}: choose one of {list(PROMPTS)}")
-        released = self.prompts == "released"
+        if self.prompts not in PRESETS:
+            raise ValueError(f"prompts={self.prompts!r}: choose one of {list(PRESETS)}")
+        preset = PRESETS[self.prompts]
         if self.separator is None:
-            self.separator = released_preset.CHUNK_SEPARATOR if released else "\n\n"
+            self.separator = preset.separator
         if self.num_turns is None:
-            self.num_turns = released_preset.MAX_TURNS if released else 2
+            self.num_turns = preset.num_turns
         for name in ("num_questions", "num_turns", "documents_per_group"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
@@ -156,10 +175,10 @@ class Config:
             raise ValueError(f"question_parser={self.question_parser!r}: choose one of {sorted(QUESTION_PARSERS)}")
         if "{chunk}" not in self.question_template:
             raise ValueError("question_template must contain {chunk}")
-        if released and (keys := _project_keys_set(self)):
-            raise ValueError(f"prompts=released asks for the released scripts' 4 questions with their parser, prefix "
-                             f"phrases and filters; {', '.join(keys)} apply to prompts=project: drop them, or set "
-                             "prompts=project")
+        for name, other in PRESETS.items():
+            if name != self.prompts and (keys := _keys_set(self, [k for k in other.keys if k not in preset.keys])):
+                raise ValueError(f"prompts={self.prompts} {preset.summary}; {', '.join(keys)} apply to "
+                                 f"prompts={name}: drop them, or set prompts={name}")
         if self.phase not in PHASES:
             raise ValueError(f"phase={self.phase!r}: choose one of {list(PHASES)}")
         if self.phase != "all" and self.reference:
@@ -168,21 +187,23 @@ class Config:
         if self.phase != "all" and not self.original_for_short_steps:
             raise ValueError(f"phase={self.phase} splits the original model's short steps from the generator's long "
                              "step; with original_for_short_steps=false use phase=all (one engine does every step)")
-        if (self.phase == "all" and self.backend == "vllm" and (self.rope_theta or self.max_position_embeddings)
+        spec = backend_spec(self.backend)
+        if (self.phase == "all" and spec.one_engine_per_process and (self.rope_theta or self.max_position_embeddings)
                 and (self.reference or self.original_for_short_steps)):
-            raise ValueError("backend=vllm with a RoPE override needs the original model as well: two vLLM engines "
-                             "in one process would share one GPU. Run phase=short, then phase=long (with "
-                             "reference=false; then `longpo reference`), or let `longpo evolve` do it")
-        if self.backend == "openai" and (self.rope_theta or self.max_position_embeddings):
-            raise ValueError("rope_theta / max_position_embeddings apply to the hf and vllm backends; an OpenAI-"
-                             "compatible server's RoPE is set where the model is served")
+            raise ValueError(f"backend={self.backend} with a RoPE override needs the original model as well: two "
+                             f"{self.backend} engines in one process would share one GPU. Run phase=short, then "
+                             "phase=long (with reference=false; then `longpo reference`), or let `longpo evolve` do it")
+        if not spec.rope_override and (self.rope_theta or self.max_position_embeddings):
+            raise ValueError(f"rope_theta / max_position_embeddings apply to the backends "
+                             f"{[n for n, b in BACKENDS.items() if b.rope_override]}; with backend={self.backend} "
+                             "the RoPE is set where the model is served")
 
 
-def _project_keys_set(cfg: Config) -> list[str]:
-    """The project preset's question and filter keys that `cfg` sets to other than their defaults."""
+def _keys_set(cfg: Config, keys: list[str]) -> list[str]:
+    """Those of `keys` (`name` or `filters.name`) that `cfg` sets to other than their defaults."""
     defaults, filters = {f.name: f.default for f in fields(Config)}, FilterConfig()
-    return ([k for k in PROJECT_KEYS if getattr(cfg, k) != defaults[k]]
-            + [f"filters.{k}" for k in PROJECT_FILTER_KEYS if getattr(cfg.filters, k) != getattr(filters, k)])
+    return [k for k in keys if (getattr(cfg.filters, k[8:]) != getattr(filters, k[8:]) if k.startswith("filters.")
+                                else getattr(cfg, k) != defaults[k])]
 
 
 # Keys that do not change the records (a rerun with other values resumes); every other key, the
@@ -264,41 +285,17 @@ def _complete_answer(text: str, cut_off: bool, cfg: FilterConfig, stage: str, st
     return text, False, True
 
 
-def _question_request(cfg: Config, chunk: str) -> str:
-    if cfg.prompts == "released":
-        return released_preset.question_request(chunk)
-    return question_prompt(cfg.question_template, chunk, cfg.num_questions)
-
-
 def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict) -> list[str]:
     """The usable questions of one reply (empty: the turn is skipped, counted by reason)."""
     if cut_off:  # the last line may be a question cut in the middle: keep it only if it got its "?"
         lines = reply.rstrip().splitlines()
         if lines and not lines[-1].rstrip().endswith("?"):
             reply = "\n".join(lines[:-1])
-    released = cfg.prompts == "released"
-    found = released_preset.parse_questions(reply) if released else QUESTION_PARSERS[cfg.question_parser](reply)
+    preset = PRESETS[cfg.prompts]
+    found = preset.parse_questions(cfg, reply)
     stats["questions_found"] += len(found)
     stats["hist"]["questions_per_reply"][str(len(found))] += 1
-    if released and len(found) != released_preset.NUM_QUESTIONS:  # the released rule: exactly the 4 asked
-        stats["questions_unparsable"] += 1
-        stats["turns_without_question"][f"questions_not_{released_preset.NUM_QUESTIONS}"] += 1
-        return []
-    if released:
-        stats["questions_parsed"] += 1
-        return found
-    if len(found) < cfg.min_questions:
-        stats["questions_unparsable"] += 1
-        return []
-    stats["questions_parsed"] += 1
-    found = found[: cfg.num_questions]
-    if cfg.filters.require_specific_question:
-        specific = [q for q in found if is_specific_question(q, chunk)]
-        stats["questions_dropped"]["generic_question"] += len(found) - len(specific)
-        if not specific:
-            stats["turns_without_question"]["generic_questions_only"] += 1
-        found = specific
-    return found
+    return preset.usable_questions(cfg, found, chunk, stats)
 
 
 def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None) -> tuple[list[dict], dict]:
@@ -307,13 +304,12 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
     `backend` is the generator (RoPE override applied); `ref_backend` the original model, or None.
     """
     from longpo.data.chunking import chunk_document
-    from longpo.data.prompts import pick_question
     from longpo.data.records import tokenize_short, user_content
     from longpo.data.reference import add_reference_logps
 
-    released = cfg.prompts == "released"
+    preset = PRESETS[cfg.prompts]
     short = ref_backend if cfg.original_for_short_steps and ref_backend is not None else backend
-    tok, stats = backend.tokenizer, new_stats(DROP_REASONS[cfg.prompts])
+    tok, stats = backend.tokenizer, new_stats(preset.drop_reasons)
     work: list[tuple[Any, Any, list[_Turn], random.Random]] = []
     for doc in docs:
         stats["documents"] += 1
@@ -327,7 +323,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
             stats["skipped"]["too_short" if n < cfg.min_doc_tokens else "too_long"] += 1
             continue
         chunked = chunk_document(tok, doc.text, cfg.min_chunk_tokens, cfg.max_chunk_tokens, cfg.separator,
-                                 cfg.doc_format, released_preset.PARAGRAPH_SEPARATOR if released else None)
+                                 cfg.doc_format, preset.paragraph_separator)
         stats["chunks"] += len(chunked.chunks)
         stats["eligible_chunks"] += len(chunked.eligible)
         for c in chunked.chunk_tokens:
@@ -341,14 +337,13 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
     # Questions about each chosen chunk; a turn left without a usable question is skipped.
     asks = [(w, t) for w in work for t in w[2]]
-    replies = _generate(short, [_chat(tok, [{"role": "user", "content": _question_request(cfg, t.chunk)}])
+    replies = _generate(short, [_chat(tok, [{"role": "user", "content": preset.question_request(cfg, t.chunk)}])
                                 for _, t in asks], cfg.question_sampling, "question", stats)
     for (w, turn), (reply, cut_off) in zip(asks, replies):
         stats["question_replies"] += 1
         questions = _questions(cfg, reply, cut_off, turn.chunk, stats)
         if questions:  # w[3]: the document's own rng (seed and id), so a rerun or resume picks the same
-            turn.question = (released_preset.choose_question(questions, w[3]) if released
-                             else pick_question(questions, w[3], cfg.question_prefix))
+            turn.question = preset.pick_question(cfg, questions, w[3])
     work = [(d, c, [t for t in turns if t.question], r) for d, c, turns, r in work]
 
     # Chosen answers on the chunk alone; short-prompt length and chosen filters before the long step.
@@ -360,7 +355,7 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
                                                                                 "chosen", stats)
 
     # Rejected answers on the whole document, turn by turn (turn i follows turns < i of its branch; with
-    # released, each turn on its own). A backend that keeps a document's KV cache between calls (hf) gets
+    # independent turns, each on its own). A backend that keeps a document's KV cache between calls (hf) gets
     # one document at a time, so turn i + 1 continues from turn i's cache; batching backends (vllm,
     # openai) get each turn of every document at once and find the shared documents in their own prefix
     # caches.
@@ -397,28 +392,21 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
 
 def _turn_drop_reason(cfg: Config, turn: _Turn, branch: str, truncated: bool, earlier: list[str]) -> str | None:
-    """Why the turn's `branch` answer (already trimmed where allowed) cannot be trained on, or None. With
-    released, the chosen answer gets the checks that need no rejected answer, the rejected one the pair's."""
+    """Why the turn's `branch` answer (already trimmed where allowed) cannot be trained on, or None (the
+    preset's filters; `earlier`: the answers of the turns before, for copies)."""
     if truncated:
         return "truncated"
-    if cfg.prompts == "released":
-        if branch == "chosen":
-            return released_preset.chosen_drop_reason(turn.chosen)
-        return released_preset.drop_reason(turn.chosen, turn.rejected)
-    answer = getattr(turn, branch)
-    reason = drop_reason(answer, cfg.filters)
-    if reason is None and cfg.filters.drop_copied_answers and is_copy(answer, earlier):
-        return "copied_answer"
-    return reason
+    return PRESETS[cfg.prompts].drop_reason(cfg, turn.chosen, turn.rejected, branch, earlier)
 
 
 def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
     """Rejected answers of `work`'s documents, turn by turn; a turn that passes every filter is marked kept.
-    project: a document stops at its first dropped turn (later turns would follow a bad one); released:
-    each rejected answer is asked on its own, so a dropped turn leaves the others."""
+    Turns that follow each other (the project preset): a document stops at its first dropped turn (later
+    turns would follow a bad one); independent turns (released): each rejected answer is asked on its own,
+    so a dropped turn leaves the others."""
     from longpo.data.records import conversation, user_content
 
-    released = cfg.prompts == "released"
+    independent = PRESETS[cfg.prompts].independent_turns
     tok = backend.tokenizer
     alive = list(work)
     for t in range(cfg.num_turns):
@@ -438,7 +426,7 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
         prompts = []
         for w in round_:
             question = w[2][t].question
-            if released:  # one user message: the whole document and this question
+            if independent:  # one user message: the whole document and this question
                 messages = [{"role": "user", "content": user_content(w[1].context, question)}]
             else:
                 done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
@@ -468,7 +456,7 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
                 stats["hist"][f"{branch}_tokens"][power_of_two_bin(n)] += 1
                 stats["answer_tokens"][branch] += n
                 stats["tokens"] += n
-        if not released:
+        if not independent:
             alive = passed
 
 
@@ -516,8 +504,8 @@ def _make_backends(cfg: Config) -> tuple[Any, Any]:
         return None, _original_backend(cfg)
     rope = {k: v for k, v in (("rope_theta", cfg.rope_theta), ("max_position_embeddings",
                                                                  cfg.max_position_embeddings)) if v is not None}
-    # The hf generator keeps a document's KV cache from one turn to the next (see process_group).
-    extra = {"reuse_across_calls": True} if cfg.backend == "hf" else {}
+    # A generator that can keep a document's KV cache from one turn to the next does (see process_group).
+    extra = {"reuse_across_calls": True} if backend_spec(cfg.backend).reuse_across_calls else {}
     backend = make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **rope, **{**extra, **cfg.backend_args})
     if cfg.phase == "long":  # the short steps are replayed from phase=short, group by group
         return backend, None
@@ -543,7 +531,7 @@ def generate(cfg: Config, backend: Any = None, ref_backend: Any = None) -> dict:
     if backend is None:  # before anything is read or written: the folder, its family, the RoPE override
         check_model_folder(cfg.model, cfg.backend, rope_theta=cfg.rope_theta,
                            max_position_embeddings=cfg.max_position_embeddings)
-    check_rerun(cfg, local_model=cfg.backend != "openai")
+    check_rerun(cfg, local_model=backend_spec(cfg.backend).local_model)
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out, name="resolved_config.short.yaml" if cfg.phase == "short" else "resolved_config.yaml")
     manifest_path = out / ("manifest.short.json" if cfg.phase == "short" else "manifest.json")

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from longpo.backends import make_backend
+from longpo.backends import BACKENDS, DEFAULT_BACKEND, backend_names, backend_spec, make_backend
 from longpo.config import config_to_dict, help_field, write_resolved_config
 from longpo.data.record_table import RecordTable
 from longpo.data.records import tokenize_short
@@ -47,7 +47,7 @@ class Config:
     model: str = help_field(help="the ORIGINAL (short-context) model: a local folder, or the served name for "
                                  "backend=openai")
     tokenizer: str | None = help_field(None, "tokenizer folder; default: the model folder")
-    backend: str = help_field("hf", "scoring backend: hf, vllm or openai")
+    backend: str = help_field(DEFAULT_BACKEND, f"scoring backend: {backend_names()}")
     backend_args: dict = help_field({}, "extra keyword arguments of the backend (dtype, device, base_url, ...)")
     records_per_call: int = help_field(16, "records scored per backend call (and per flush to disk)")
     overwrite: bool = help_field(False, "recompute values that are already present")
@@ -63,6 +63,9 @@ class Config:
             raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
         if self.records_per_call < 1:
             raise ValueError(f"records_per_call={self.records_per_call} must be at least 1")
+        if not backend_spec(self.backend).scores:
+            raise ValueError(f"backend={self.backend} gives no log-probs; choose one that scores: "
+                             f"{[n for n, b in BACKENDS.items() if b.scores]}")
 
 
 def in_shard(record_id: str, num_shards: int, shard_index: int) -> bool:
@@ -126,7 +129,7 @@ def run(cfg: Config, backend_factory: Callable[[], Any] | None = None) -> dict:
     """Library entry: score `cfg.input` into `cfg.output`; returns counts."""
     if backend_factory is None:  # before reading anything: the folder and its family
         check_model_folder(cfg.model, cfg.backend)
-    check_rerun(cfg, local_model=backend_factory is None and cfg.backend != "openai")
+    check_rerun(cfg, local_model=backend_factory is None and backend_spec(cfg.backend).local_model)
     make = backend_factory or (lambda: make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer,
                                                      **cfg.backend_args))
     if is_released(cfg.input):  # tokenized already: scored from its stored short sequences

@@ -162,3 +162,41 @@ def chosen_drop_reason(chosen: str) -> str | None:
     if has_refusal(chosen):
         return "refusal"
     return None
+
+
+class ReleasedPreset:
+    """The rules above as a generation preset (`prompts: released`); it reads none of the project's keys."""
+
+    name = "released"
+    keys = ()
+    summary = "asks for the released scripts' 4 questions with their parser, prefix phrases and filters"
+    separator = CHUNK_SEPARATOR
+    paragraph_separator = PARAGRAPH_SEPARATOR
+    num_turns = MAX_TURNS
+    independent_turns = True  # each rejected answer on its own; a dropped turn leaves the others
+    drop_reasons = DROP_REASONS + ("chosen_equals_rejected", "truncated", "short_prompt_too_long")
+
+    def question_request(self, cfg: object, chunk: str) -> str:
+        return question_request(chunk)
+
+    def parse_questions(self, cfg: object, reply: str) -> list[str]:
+        return parse_questions(reply)
+
+    def usable_questions(self, cfg: object, found: list[str], chunk: str, stats: dict) -> list[str]:
+        if len(found) != NUM_QUESTIONS:  # the released rule: exactly the 4 asked
+            stats["questions_unparsable"] += 1
+            stats["turns_without_question"][f"questions_not_{NUM_QUESTIONS}"] += 1
+            return []
+        stats["questions_parsed"] += 1
+        return found
+
+    def pick_question(self, cfg: object, questions: list[str], rng: random.Random) -> str:
+        return choose_question(questions, rng)
+
+    def drop_reason(self, cfg: object, chosen: str, rejected: str | None, branch: str,
+                    earlier: list[str]) -> str | None:
+        """The chosen answer gets the checks that need no rejected answer, the rejected one the pair's."""
+        return chosen_drop_reason(chosen) if branch == "chosen" else drop_reason(chosen, rejected)
+
+
+PRESET = ReleasedPreset()

@@ -39,6 +39,7 @@ from longpo import evolve
 from longpo.config import build_config, write_resolved_config
 from longpo.demo.config import Config  # there, so `longpo demo` checks it before torch loads
 from longpo.demo.corpus import write_corpus
+from longpo.demo.extensions import register
 from longpo.demo.pretrain import PretrainConfig, train
 from longpo.demo.progress import DemoProgress
 from longpo.demo.table import markdown_table
@@ -218,6 +219,7 @@ def environment(cfg: Config) -> dict:
 
 def demo(cfg: Config) -> dict:
     """Run (or resume) the whole demo; returns the report."""
+    register()  # its evaluation is the toy's task suite
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     check_rerun(cfg)

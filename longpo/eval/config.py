@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longpo.backends import DEFAULT_BACKEND, backend_names, backend_spec
 from longpo.config import help_field
 from longpo.eval.judge import JudgeConfig
 from longpo.eval.tasks.helmet import TASKS as HELMET_TASKS
@@ -135,6 +136,13 @@ class ShortConfig:
     offline: bool = help_field(True, "set HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for lm-eval")
 
 
+TOY_SHORT = 0  # the length key of the toy's short-context task (its base model's training distribution)
+
+
+def toy_length_label(length: int) -> str:
+    return "short" if length == TOY_SHORT else str(length)
+
+
 @dataclass(kw_only=True)
 class ToyConfig:
     enabled: bool = help_field(False, "run the toy world's fact lookup (the built-in demo's evaluation)")
@@ -155,7 +163,7 @@ class ToyConfig:
 class Config:
     model: str = help_field(help="checkpoint folder (for backend=openai: the served model name)")
     tokenizer: str | None = help_field(None, "tokenizer folder (default: the model's)")
-    backend: str = help_field("hf", "generation backend: hf, vllm or openai")
+    backend: str = help_field(DEFAULT_BACKEND, f"generation backend: {backend_names()}")
     backend_args: dict = help_field({}, "extra keyword arguments of the backend (e.g. dtype, base_url)")
     out_dir: str = help_field("runs/eval", "where predictions, summaries and plots go")
     chat_template: bool = help_field(True, "wrap prompts in the tokenizer's chat template")
@@ -190,3 +198,4 @@ class Config:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
+        backend_spec(self.backend)  # an unknown name is refused here, before torch loads

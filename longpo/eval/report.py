@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from longpo.errors import InputError
-from longpo.eval.tasks.toy import length_label as toy_label
+from longpo.eval.config import toy_length_label as toy_label
 from longpo.files import atomic_write_json, atomic_write_text
 
 RULER_GROUPS = {

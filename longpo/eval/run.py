@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from longpo import backends
+from longpo.backends import backend_spec
 from longpo.backends.base import Sampling
 from longpo.config import write_resolved_config
 from longpo.errors import InputError
@@ -38,7 +39,7 @@ from longpo.eval.judged import run_judged
 from longpo.eval.plots import plot_niah_heatmap
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
-from longpo.eval.tasks import helmet
+from longpo.eval.tasks import TASK_SUITES, helmet
 from longpo.eval.tasks.helmet_icl import ICLTask
 from longpo.eval.tasks.helmet_longqa import LongQATask
 from longpo.eval.tasks.helmet_narrativeqa import NarrativeQATask
@@ -47,7 +48,6 @@ from longpo.eval.tasks.helmet_rerank import RerankTask
 from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
 from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
 from longpo.eval.tasks.ruler import RulerData, RulerTask
-from longpo.eval.tasks.toy import SHORT, FactQA
 from longpo.families import check_model_folder
 from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_tokenizer as load_local_tokenizer
@@ -71,7 +71,7 @@ def check_rerun(cfg: Config) -> None:
              **{f"helmet.demos.{k}": v for k, v in cfg.helmet.demos.items()},
              **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
              **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
-    if cfg.backend != "openai":
+    if backend_spec(cfg.backend).local_model:
         paths |= {"model": cfg.model}
     inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
     guard("eval", cfg.out_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, OUTPUTS))
@@ -108,7 +108,7 @@ def check_inputs(cfg: Config) -> None:
     absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
     if absent:
         raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
-    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    limit = max_positions(cfg.model) if backend_spec(cfg.backend).local_model else None
     if limit is None or cfg.allow_beyond_max_positions:
         return
     wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
@@ -127,7 +127,7 @@ def check_inputs(cfg: Config) -> None:
 
 def skip_beyond_max_positions(cfg: Config) -> list[dict]:
     """Remove the target lengths the model cannot hold (in place); returns them as skipped entries."""
-    limit = None if cfg.backend == "openai" else max_positions(cfg.model)
+    limit = max_positions(cfg.model) if backend_spec(cfg.backend).local_model else None
     if limit is None:
         return []
     reason = f"longer than the model's max_position_embeddings ({limit})"
@@ -172,8 +172,8 @@ class LazyBackend:
 def eval_tokenizer(cfg: Config) -> Any:
     """The evaluated model's tokenizer, from a local folder: prompts are fitted with it before any model loads."""
     path = cfg.tokenizer or cfg.model
-    if cfg.backend == "openai" and not cfg.tokenizer:
-        raise InputError("backend=openai: set tokenizer= to a local copy of the served model's tokenizer "
+    if not backend_spec(cfg.backend).local_model and not cfg.tokenizer:
+        raise InputError(f"backend={cfg.backend}: set tokenizer= to a local copy of the served model's tokenizer "
                          "(prompts are fitted to the target lengths with it)")
     return load_local_tokenizer(path)
 
@@ -253,10 +253,11 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
     lb = cfg.longbench_v2
     if lb.enabled and lb.data:
         add(tasks, "longbench_v2/0shot", lambda: LongBenchV2Task(lb.data, fmt, lb.max_length, lb.num_samples))
-    t = cfg.toy
-    if t.enabled:
-        for length in ([SHORT] if t.short else []) + t.lengths:
-            tasks.append(FactQA(fmt.tokenizer, length, t.num_samples, t.seed))
+    if cfg.toy.enabled:
+        if "toy" not in TASK_SUITES:
+            raise InputError("toy.enabled=true: no task suite 'toy' is registered here (the demo registers it: "
+                             "longpo.demo.extensions.register())")
+        tasks += TASK_SUITES["toy"].build(cfg.toy, fmt)
     return tasks, sweep, skipped
 
 

@@ -44,7 +44,6 @@ from longpo.families import check_model_folder
 from longpo.files import check_writable
 from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_model, load_tokenizer
-from longpo.toy.run import prepare_tiny_run, tiny_run_paths
 from longpo.train.attention import DEFAULT_BACKEND
 from longpo.train.checkpoint import (
     export_model,
@@ -72,6 +71,7 @@ from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.packing import PackedBatch, batch_to
 from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
 from longpo.train.plots import plot_training
+from longpo.train.runs import BUILT_RUNS
 from longpo.train.speed import apply_speed_options
 
 logger = logging.getLogger("longpo.train")
@@ -163,12 +163,17 @@ def load_policy(cfg: Config) -> Any:
 
 
 def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
-    """model=tiny: the tiny original model and records in output_dir (built once, by the main process)."""
+    """model=tiny: the tiny original model and records in output_dir (built once, by the main process), by the
+    run its user registered (`longpo.train.runs.BUILT_RUNS`)."""
+    if cfg.model not in BUILT_RUNS:
+        raise InputError(f"model={cfg.model}: no built run of that name is registered here ({sorted(BUILT_RUNS)}; "
+                         "the demo registers tiny: longpo.demo.extensions.register())")
+    run = BUILT_RUNS[cfg.model]
     if accelerator.is_main_process:
         with plain_init(accelerator):  # the original model is built whole, not as ZeRO-3 shards
-            prepare_tiny_run(cfg.output_dir, cfg.tiny_records)
+            run.prepare(cfg.output_dir, cfg.tiny_records)
     accelerator.wait_for_everyone()
-    model_dir, records_file = tiny_run_paths(cfg.output_dir)
+    model_dir, records_file = run.paths(cfg.output_dir)
     return replace(cfg, model=str(model_dir), train_file=str(records_file))
 
 

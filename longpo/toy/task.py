@@ -3,7 +3,8 @@
 Example `i` of length `n` is a seeded toy document of at most `n` tokens and a question about one of
 its facts; the score is 100 when the answer states the fact's value right after its name. Length 0
 is the short task: documents of the toy base model's own training distribution (its short-context
-skill). Enable it in `longpo eval` with `toy.enabled=true`.
+skill). Enable it in `longpo eval` with `toy.enabled=true`; it reaches the runner as the task suite
+`toy` (longpo/demo/extensions.py), so the eval package imports nothing of the toy.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from longpo.eval.config import TOY_SHORT as SHORT
+from longpo.eval.config import toy_length_label as length_label
 from longpo.toy.world import answer_value, make_long_doc, qa_messages, short_doc
-
-SHORT = 0  # the length key of the short-context task
-
-
-def length_label(length: int) -> str:
-    return "short" if length == SHORT else str(length)
 
 
 class FactQA:
