@@ -145,7 +145,8 @@ def test_a_step_whose_every_pair_is_overlong_is_skipped_and_counted(tmp_path, ca
                          "max_length=1200", "pairs_per_micro_batch=1", "gradient_accumulation_steps=1",
                          "max_steps=2", "seed=3", "warmup_ratio=0", "progress_bar=false"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["pairs"], r["skipped_overlong"]) for r in rows] == [(0, 1), (1, 0)]
+    assert rows[0]["skipped"] is True and rows[0]["skipped_overlong"] == 1 and "loss" not in rows[0]
+    assert (rows[1]["pairs"], rows[1]["skipped_overlong"]) == (1, 0) and "skipped" not in rows[1]
     assert "step 1: every pair was over max_length=1200; step skipped" in caplog.text
 
 
