@@ -27,6 +27,14 @@ NO_REFERENCE = "none"
 REWARD_METRICS = ("pref_loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
 
 
+def dpo_losses(policy: Any, reference: Any, beta: float, margin: float) -> Any:
+    """The DPO term against whichever reference the mode declares (longpo: short prompt; dpo: long prompt):
+    mean_j -log sigmoid( beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l^j) - log ref(y_l^j))) )."""
+    from longpo.train.loss import preference_losses
+
+    return preference_losses(policy, reference, beta)
+
+
 @dataclass(frozen=True)
 class Defaults:
     beta: float  # temperature of the preference term

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from longpo.train.losses.base import LONG_PROMPT, Defaults, LossMode
-
-
-def losses(policy: Any, reference: Any, beta: float, margin: float) -> Any:
-    """mean_j -log sigmoid( beta * ((log pi(y_w|x_L) - log pi_0(y_w|x_L)) - (log pi(y_l^j|x_L) - log pi_0(y_l^j|x_L))) )"""
-    from longpo.train.loss import preference_losses
-
-    return preference_losses(policy, reference, beta)
-
+from longpo.train.losses.base import LONG_PROMPT, Defaults, LossMode, dpo_losses
 
 MODE = LossMode(
     name="dpo",
@@ -21,6 +11,6 @@ MODE = LossMode(
     reference=LONG_PROMPT,
     rejected=(1, None),
     defaults=Defaults(beta=0.01, lam=0.01, nll_weight=1.0, nll_mode="full"),  # LongPO's, so the baseline differs in the reference alone
-    losses=losses,
+    losses=dpo_losses,
     source="Rafailov et al. 2023; LongPO's plain-DPO baseline",
 )

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from longpo.train.losses.base import SHORT_PROMPT, Defaults, LossMode
-
-
-def losses(policy: Any, reference: Any, beta: float, margin: float) -> Any:
-    """mean_j -log sigmoid( beta * ((log pi(y_w|x_L) - log pi_S(y_w|x_S)) - (log pi(y_l^j|x_L) - log pi_S(y_l^j|x_S))) )"""
-    from longpo.train.loss import preference_losses
-
-    return preference_losses(policy, reference, beta)
-
+from longpo.train.losses.base import SHORT_PROMPT, Defaults, LossMode, dpo_losses
 
 MODE = LossMode(
     name="longpo",
@@ -21,6 +11,6 @@ MODE = LossMode(
     reference=SHORT_PROMPT,
     rejected=(1, None),
     defaults=Defaults(beta=0.01, lam=0.01, nll_weight=1.0, nll_mode="full"),  # the released train script
-    losses=losses,
+    losses=dpo_losses,
     source="paper eq. 14 and the released code (beta 0.01, lambda 0.01, NLL weight 1 over the whole chosen sequence)",
 )
