@@ -92,6 +92,7 @@ from longpo.launcher import wrap as wrap_launcher
 from longpo.models import check_local, max_positions
 from longpo.train import plan as layout_plan
 from longpo.train import trainer
+from longpo.train.data import step_shape
 
 STAGE_ORDER = ("generate", "reference", "train", "eval")
 STAGES = {"generate": generate, "reference": reference, "train": trainer, "eval": eval_run}
@@ -306,7 +307,7 @@ def plan_train(cfg: Config, label: str, tcfg: Any, folder: Path, accelerate_conf
     argv = wrap_launcher(cfg.launcher, argv, nodes=cfg.nodes, nproc=nproc, world=world)
     wave = Wave("train", [Worker("train", argv, {"CUDA_VISIBLE_DEVICES": ",".join(cfg.devices)},
                                  folder / "logs" / "train.log")], {"train": tcfg})
-    shape = trainer.step_shape(tcfg, world)
+    shape = step_shape(tcfg, world)
     return Stage(f"{label}: train", folder, folder.parent / "train.done", [wave],
                  f"{world} process(es) ({cfg.nodes} node(s) x {nproc}), sp_size {tcfg.sp_size}, "
                  f"{shape['pairs_per_step']} pairs per step, {shape['tokens_per_step']} tokens per step at most, "

@@ -12,8 +12,8 @@ from longpo.backends.vllm import engine_kwargs
 from longpo.cli import main as cli_main
 from longpo.models import ModelPathError, load_model, load_tokenizer, rope_overrides
 from longpo.toy.tiny import build_tiny_model, build_tiny_tokenizer
+from longpo.train.model import load_policy
 from longpo.train.trainer import Config as TrainConfig
-from longpo.train.trainer import load_policy
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": 256}

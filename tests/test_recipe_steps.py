@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from longpo.config import load_config
-from longpo.train.trainer import Config, step_shape
+from longpo.train.config import Config
+from longpo.train.data import step_shape
 from tests.test_configs import COMMAND, header
 
 CONFIGS = Path(__file__).resolve().parents[1] / "longpo" / "recipes"

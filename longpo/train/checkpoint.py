@@ -23,15 +23,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from longpo.data.records import RECORD_SUFFIXES
+from longpo.data.released import is_released
 from longpo.errors import InputError
 from longpo.files import (
     WriteError,
     atomic_write_json,
     atomic_write_jsonl,
+    check_writable,
     free_text,
     read_jsonl,
     require_free,
 )
+from longpo.fingerprint import guard, identity, remove
+from longpo.train.config import TINY, Config
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -196,3 +201,30 @@ def export_model(accelerator: Any, module: Any, tokenizer: Any, out_dir: str | o
         os.replace(tmp, out)
     accelerator.wait_for_everyone()
     return out
+
+
+# Keys that do not change what is trained (the folder itself, memory / speed knobs computing the same maths, logging, where
+# and how often to save): a rerun with other values resumes. Every other key is in the run's fingerprint.
+FINGERPRINT_EXEMPT = ("output_dir", "progress_bar", "save_steps", "keep_checkpoints", "report_to", "resume", "export_dir",
+                      "gradient_checkpointing", "logp_chunk_size", "attention_backend", "activation_checkpointing",
+                      "checkpoint_every_k", "offload_activations", "compile_layers", "liger_kernels",
+                      "mlp_tile_tokens")
+OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_config.yaml", "logs", "final",
+           ".tmp-final", "original_model", "tiny_records.jsonl")
+
+
+def check_rerun(cfg: Config, main_process: bool) -> None:
+    """Before anything is loaded or written: the output and export folders are writable, and a rerun
+    into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else None
+
+    def clear() -> None:
+        remove(cfg.output_dir, OUTPUTS)
+        if export_dir is not None:
+            remove(export_dir.parent, [export_dir.name, f".tmp-{export_dir.name}"])
+
+    inputs = {} if cfg.model == TINY else {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer),
+                                          "train_file": identity(cfg.train_file, None if is_released(cfg.train_file) else RECORD_SUFFIXES)}
+    guard("train", cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, clear, write=main_process)
+    if main_process and export_dir is not None:  # found now, not after all the training
+        check_writable(export_dir.parent, "export_dir's parent folder")

@@ -20,6 +20,7 @@ from typing import Any
 
 from longpo.data.records import RecordError, TokenizedPair, tokenize_pair
 from longpo.errors import InputError
+from longpo.train.config import Config
 from longpo.train.packing import PackedBatch, pack_pairs
 
 
@@ -116,3 +117,12 @@ def micro_batches(pairs: list[TokenizedPair], pairs_per_micro_batch: int, accumu
     while len(out) < accumulation:
         out.append(MicroBatch(pack_pairs([filler], nll_mode, pad_token_id=pad_token_id), 0.0))
     return out
+
+
+def step_shape(cfg: Config, world: int) -> dict:
+    """The optimizer step of `cfg` on `world` processes: pairs (micro-batch x accumulation x data-parallel
+    groups, a group being sp_size processes) and the most tokens it holds (max_length x pairs)."""
+    if world % cfg.sp_size:
+        raise ValueError(f"sp_size={cfg.sp_size} must divide the {world} process(es)")
+    pairs = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * (world // cfg.sp_size)
+    return {"pairs_per_step": pairs, "tokens_per_step": cfg.max_length * pairs, "data_parallel": world // cfg.sp_size}

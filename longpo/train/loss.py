@@ -95,3 +95,9 @@ def combine_loss(
     if lam and num_pairs > 0:
         loss = loss + lam * pref_sum / num_pairs
     return loss
+
+
+def select_pairs(pref: PreferenceOutput, keep: torch.Tensor) -> PreferenceOutput:
+    """The pairs of `pref` that carry a preference signal (the step's preference means count these)."""
+    return PreferenceOutput(losses=pref.losses[keep], chosen_rewards=pref.chosen_rewards[keep],
+                            rejected_rewards=pref.rejected_rewards[keep])

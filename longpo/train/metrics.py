@@ -97,5 +97,6 @@ class MetricsWriter:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
     def close(self) -> None:
-        if self.trackers:
-            self.accelerator.end_training()
+        """Finish the trackers (the process group is the trainer's to end, after every rank has exported)."""
+        for tracker in self.accelerator.trackers if self.trackers else ():
+            tracker.finish()

@@ -17,8 +17,16 @@ One optimizer step, read top to bottom in `Trainer.train_step`:
      checkpoint every `save_steps`.
 Because every micro-batch loss is already its share of the global step mean, the gradients add
 up to exactly the big-batch gradient. accelerate divides each backward by the accumulation steps
-and DDP / ZeRO / FSDP average over ranks; `backward_scale` undoes both. Launch plumbing lives in
-`launch.py`, sequence parallelism in `parallel.py`, model loading in `longpo.models`.
+and DDP / ZeRO / FSDP average over ranks; `backward_scale` undoes both.
+
+This file is the loop; its parts are where a torchtitan or torchtune reader looks for them:
+  model.py       the policy: family check, loading with the run's RoPE, `PairModel` (the forward)
+  data.py        records -> steps -> packed micro-batches (`packing.py`: the shared-prefix layout)
+  losses/        the loss modes, one file each (`loss.py`: their shared math)
+  optim.py       optimizer and learning-rate schedule
+  checkpoint.py  the run folder: rerun guard, checkpoints, resume, the final export
+  launch.py      accelerate and its plugins; parallel.py: the DP x SP mesh and Ulysses attention
+  metrics.py     step sums, metrics.jsonl and trackers (`plots.py`: the curves)
 """
 
 from __future__ import annotations
@@ -26,26 +34,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from longpo.config import config_to_dict, write_resolved_config
-from longpo.data.records import RECORD_SUFFIXES
-from longpo.data.released import is_released
 from longpo.data.sources import open_records
 from longpo.errors import InputError
-from longpo.families import check_model_folder
-from longpo.files import check_writable
-from longpo.fingerprint import guard, identity, remove
-from longpo.models import load_model, load_tokenizer
+from longpo.models import load_tokenizer
 from longpo.train.attention import DEFAULT_BACKEND
 from longpo.train.checkpoint import (
+    FINGERPRINT_EXEMPT,  # noqa: F401  (evolve reads each stage's FINGERPRINT_EXEMPT beside its Config)
+    check_rerun,
     export_model,
     load_checkpoint,
     resolve_resume,
@@ -63,54 +65,19 @@ from longpo.train.data import (
     steps_per_epoch,
     tokenize_share,
 )
-from longpo.train.launch import make_accelerator, plain_init, prepare_reference
-from longpo.train.logps import ForwardOutput
-from longpo.train.loss import PairLogps, PreferenceOutput, combine_loss
+from longpo.train.launch import make_accelerator, prepare_reference
+from longpo.train.loss import PairLogps, combine_loss, select_pairs
 from longpo.train.losses import LONG_PROMPT, MODES, SHORT_PROMPT, LossMode
 from longpo.train.metrics import MetricsWriter, StepSums
+from longpo.train.model import PairModel, check_policy, load_policy
+from longpo.train.optim import build_optimizer, build_scheduler
 from longpo.train.packing import PackedBatch, batch_to
-from longpo.train.parallel import Mesh, forward_pairs_parallel, init_mesh, parallelize, reduce_sum
+from longpo.train.parallel import init_mesh, parallelize, reduce_sum
 from longpo.train.plots import plot_training
-from longpo.train.runs import BUILT_RUNS
+from longpo.train.runs import prepare_tiny
 from longpo.train.speed import apply_speed_options
 
 logger = logging.getLogger("longpo.train")
-
-def step_shape(cfg: Config, world: int) -> dict:
-    """The optimizer step of `cfg` on `world` processes: pairs (micro-batch x accumulation x data-parallel
-    groups, a group being sp_size processes) and the most tokens it holds (max_length x pairs)."""
-    if world % cfg.sp_size:
-        raise ValueError(f"sp_size={cfg.sp_size} must divide the {world} process(es)")
-    pairs = cfg.pairs_per_micro_batch * cfg.gradient_accumulation_steps * (world // cfg.sp_size)
-    return {"pairs_per_step": pairs, "tokens_per_step": cfg.max_length * pairs, "data_parallel": world // cfg.sp_size}
-
-
-# Keys that do not change what is trained (the folder itself, memory / speed knobs computing the same maths, logging, where
-# and how often to save): a rerun with other values resumes. Every other key is in the run's fingerprint.
-FINGERPRINT_EXEMPT = ("output_dir", "progress_bar", "save_steps", "keep_checkpoints", "report_to", "resume", "export_dir",
-                      "gradient_checkpointing", "logp_chunk_size", "attention_backend", "activation_checkpointing",
-                      "checkpoint_every_k", "offload_activations", "compile_layers", "liger_kernels",
-                      "mlp_tile_tokens")
-OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "metrics.jsonl", "resolved_config.yaml", "logs", "final",
-           ".tmp-final", "original_model", "tiny_records.jsonl")
-
-
-def check_rerun(cfg: Config, main_process: bool) -> None:
-    """Before anything is loaded or written: the output and export folders are writable, and a rerun
-    into output_dir uses the settings and inputs of the run there (see longpo.fingerprint)."""
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else None
-
-    def clear() -> None:
-        remove(cfg.output_dir, OUTPUTS)
-        if export_dir is not None:
-            remove(export_dir.parent, [export_dir.name, f".tmp-{export_dir.name}"])
-
-    inputs = {} if cfg.model == TINY else {"model": identity(cfg.model), "tokenizer": identity(cfg.tokenizer),
-                                          "train_file": identity(cfg.train_file, None if is_released(cfg.train_file) else RECORD_SUFFIXES)}
-    guard("train", cfg.output_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, clear, write=main_process)
-    if main_process and export_dir is not None:  # found now, not after all the training
-        check_writable(export_dir.parent, "export_dir's parent folder")
-
 
 # Records read at start-up to find one pair that fits max_length (the first usually does); beyond them the
 # check waits for the end of training.
@@ -119,78 +86,6 @@ STARTUP_SCAN = 256
 
 class TrainingError(RuntimeError):
     """Training cannot continue (non-finite loss); the message names the step and the records."""
-
-
-class PairModel(torch.nn.Module):
-    """The one place the model runs on a packed batch (sequence-parallel over `mesh` when sp_size > 1).
-
-    accelerate prepares this wrapper, so DDP / ZeRO-3 / FSDP see a root `forward`; `config` and
-    `_no_split_modules` are forwarded for DeepSpeed's "auto" sizes and FSDP's layer wrapping.
-    """
-
-    def __init__(self, model: Any, mesh: Mesh, chunk_size: int | None, attention_backend: str):
-        super().__init__()
-        self.model = model
-        self.mesh = mesh
-        self.chunk_size = chunk_size
-        self.attention_backend = attention_backend
-        self._no_split_modules = getattr(model, "_no_split_modules", None)
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
-    def forward(self, batch: PackedBatch) -> ForwardOutput:
-        return forward_pairs_parallel(self.model, batch, self.mesh, self.chunk_size, self.attention_backend)
-
-
-def select_pairs(pref: PreferenceOutput, keep: torch.Tensor) -> PreferenceOutput:
-    """The pairs of `pref` that carry a preference signal (the step's preference means count these)."""
-    return PreferenceOutput(losses=pref.losses[keep], chosen_rewards=pref.chosen_rewards[keep],
-                            rejected_rewards=pref.rejected_rewards[keep])
-
-
-def check_policy(cfg: Config) -> None:
-    """The policy's folder exists and its family trains exactly under shared-prefix attention (longpo.families)."""
-    check_model_folder(cfg.model, training=True, attention_backend=cfg.attention_backend,
-                       rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings)
-
-
-def load_policy(cfg: Config) -> Any:
-    """The model with the policy's RoPE base / max positions (applied before it is built)."""
-    return load_model(cfg.model, cfg.dtype, rope_theta=cfg.rope_theta,
-                      max_position_embeddings=cfg.max_position_embeddings)
-
-
-def prepare_tiny(cfg: Config, accelerator: Any) -> Config:
-    """model=tiny: the tiny original model and records in output_dir (built once, by the main process), by the
-    run its user registered (`longpo.train.runs.BUILT_RUNS`)."""
-    if cfg.model not in BUILT_RUNS:
-        raise InputError(f"model={cfg.model}: no built run of that name is registered here ({sorted(BUILT_RUNS)}; "
-                         "the demo registers tiny: longpo.demo.extensions.register())")
-    run = BUILT_RUNS[cfg.model]
-    if accelerator.is_main_process:
-        with plain_init(accelerator):  # the original model is built whole, not as ZeRO-3 shards
-            run.prepare(cfg.output_dir, cfg.tiny_records)
-    accelerator.wait_for_everyone()
-    model_dir, records_file = run.paths(cfg.output_dir)
-    return replace(cfg, model=str(model_dir), train_file=str(records_file))
-
-
-def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-
-def build_scheduler(cfg: Config, optimizer: Any, total_steps: int) -> Any:
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-    if cfg.lr_scheduler == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    return get_constant_schedule_with_warmup(optimizer, warmup)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,6 +286,7 @@ class Trainer:
         if accelerator.is_main_process and self.metrics.path.is_file():
             if figure := plot_training(cfg.output_dir):
                 logger.info(f"training curves: {figure}")
+        accelerator.wait_for_everyone()  # no rank leaves while another still writes (see `main`)
         return {"export_dir": str(export_dir), "steps": self.step, "last": row, "skipped_overlong": self.skipped_total}
 
     def stop(self, what: str, micro: list) -> None:
@@ -416,5 +312,9 @@ def train(cfg: Config) -> dict:
 
 def main(cfg: Config) -> int:
     result = train(cfg)
+    # Every rank is past the export (train waits for all): the process group goes down here, before the
+    # interpreter's exit would tear it down in no set order (a ZeRO-3 rank was seen to abort there).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     print(f"trained {result['steps']} steps; model in {result['export_dir']}")
     return 0
