@@ -62,7 +62,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ from longpo.errors import InputError
 from longpo.eval import run as eval_run
 from longpo.eval.report import headline
 from longpo.evolve_config import LAUNCH, Config, Iteration  # noqa: F401 (re-exported; there, checked before torch loads)
-from longpo.families import check_model_folder
+from longpo.families import check_model_folder, extended_rope_sets, rope_sets
 from longpo.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from longpo.fingerprint import guard, identity, remove, settings
 from longpo.launcher import (
@@ -89,7 +89,7 @@ from longpo.launcher import (
     train_argv,
 )
 from longpo.launcher import wrap as wrap_launcher
-from longpo.models import check_local, max_positions
+from longpo.models import ModelPathError, check_local, load_config, max_positions
 from longpo.train import plan as layout_plan
 from longpo.train import trainer
 from longpo.train.data import step_shape
@@ -135,22 +135,71 @@ def _stage_configs(it: Iteration, model: str, folder: Path, layout: dict | None 
             f"{it.name}.reference")
     cfgs["train"] = build_config(trainer.Config, {**(layout or {}), **it.train, "model": model, "train_file": str(pairs),
                                                   "output_dir": str(folder / "train")}, f"{it.name}.train")
-    check_rope_agrees(it.name, gen, cfgs["train"])
     final = cfgs["train"].export_dir or str(folder / "train" / "final")
     cfgs["eval"] = build_config(eval_run.Config, {**it.eval, "model": final, "out_dir": str(folder / "eval")},
                                 f"{it.name}.eval")
     return cfgs
 
 
-def check_rope_agrees(name: str, gen: Any, train: Any) -> None:
-    """Generate's RoPE override makes the generator of the rejected answers, the policy-to-be; the train keys
-    of the same iteration must not give the policy another. A key left unset keeps the model's own value
-    (read only when the stage runs, the model may not exist yet), so only two set values are compared."""
-    for key in ("rope_theta", "max_position_embeddings"):
-        g, t = getattr(gen, key), getattr(train, key)
+@dataclass(frozen=True)
+class Rope:
+    """The positions a model runs: rope type, base, scaling factor and max positions (None: not known at
+    planning time, e.g. a base model that is not a local folder)."""
+
+    rope_type: str | None = None
+    rope_theta: float | None = None
+    factor: float | None = None
+    max_position_embeddings: int | None = None
+
+    def override(self, rope_theta: float | None, max_position_embeddings: int | None) -> Rope:
+        """What `longpo.models.rope_overrides` makes of it: a new base and length; type and factor stay."""
+        return replace(self, rope_theta=self.rope_theta if rope_theta is None else float(rope_theta),
+                       max_position_embeddings=max_position_embeddings or self.max_position_embeddings)
+
+
+def model_rope(path: str) -> Rope:
+    """The RoPE of a local model folder's config.json (of the layers a context extension raises)."""
+    try:
+        config = load_config(path)
+    except (ModelPathError, OSError, ValueError):
+        return Rope()
+    sets = rope_sets(config)
+    params = sets[extended_rope_sets(config)[0]] if sets else {}
+    return Rope(params.get("rope_type", "default") if sets else None, params.get("rope_theta"), params.get("factor"),
+                max_positions(path))
+
+
+def check_rope(it: Iteration, cfgs: dict[str, Any], current: Rope) -> Rope:
+    """Before any work: every stage of the iteration runs the RoPE it should; returns the trained model's.
+
+    `current` is the model the iteration starts from (the base model's config.json, then each iteration's
+    trained RoPE). The reference, and generate's short steps, run it as it is (the short-context model
+    with its ORIGINAL RoPE, by design: they see short prompts); train gives the policy its override, and
+    eval runs the trained model, whose config holds it. The long answers come either from the model as it
+    is (generate without an override, the paper's pi_S(y | x_L): it must then hold the target) or from
+    the policy's RoPE: type, base, factor and max positions all equal to train's."""
+    gen, train = cfgs["generate"], cfgs["train"]
+    policy = current.override(train.rope_theta, train.max_position_embeddings)
+    if not (backend_spec(gen.backend).rope_override
+            and (gen.rope_theta is not None or gen.max_position_embeddings is not None)):
+        held = current.max_position_embeddings
+        if it.target_length and held and it.target_length > held:
+            raise InputError(f"iteration {it.name}: generate runs the model as it is (no rope_theta / "
+                             f"max_position_embeddings), which holds {held} positions, below target_length="
+                             f"{it.target_length}; drop generate's null keys so it gets the iteration's RoPE")
+        return policy
+    generator = current.override(gen.rope_theta, gen.max_position_embeddings)
+    for key in ("rope_type", "rope_theta", "factor", "max_position_embeddings"):
+        g, t = getattr(generator, key), getattr(policy, key)
         if g is not None and t is not None and g != t:
-            raise InputError(f"iteration {name}: generate.{key}={g} but train.{key}={t}; the long-context "
-                             f"answers and the trained policy must share one RoPE: set the same {key} in both")
+            raise InputError(f"iteration {it.name}: generate.{key}={g}{_own(gen, key)} but train.{key}={t}"
+                             f"{_own(train, key)}; the long-context answers and the trained policy must share one "
+                             f"RoPE: set the same {key} in both (or the iteration's target_length / rope_theta)")
+    return policy
+
+
+def _own(cfg: Any, key: str) -> str:
+    return " (the model's own)" if getattr(cfg, key, None) is None else ""
 
 
 # ------------------------------------------------------------------------------------------ the plan
@@ -211,6 +260,7 @@ class Stage:
     waves: list[Wave]
     topology: str
     inline: tuple[Any, Any] | None = None  # (stage module, config) for launch=inline
+    notes: list[str] = field(default_factory=list)  # the dry run's lines under the topology (target keys)
 
 
 def _tp(backend: str, args: dict) -> int:
@@ -383,13 +433,14 @@ def plan(cfg: Config) -> list[Stage]:
         if beyond:
             stages[-1].topology += (f"; {len(beyond)} task(s) skipped, {beyond[0]['reason']}: "
                                     f"{', '.join(b['task'] for b in beyond)}")
-    model = cfg.base_model
+    model, rope = cfg.base_model, model_rope(cfg.base_model)
     layouts = plan_layouts(cfg)
     for it in cfg.iterations:
         folder = out / it.name
         planned = layouts.get(it.name)
         cfgs = _stage_configs(it, model, folder, planned and planned.keys)
         check_family(cfg.base_model, it.name, cfgs)
+        rope = check_rope(it, cfgs, rope)
         stages.append(plan_generate(cfg, it.name, cfgs["generate"], folder / "generate"))
         one_process = cfg.launch == "inline" and cfgs["generate"].phase == "long"  # both models here (hf only)
         stages[-1].inline = (generate, _replace(cfgs["generate"], f"{it.name}.generate", phase="all")
@@ -402,9 +453,14 @@ def plan(cfg: Config) -> list[Stage]:
         if planned:
             stages[-1].topology += f"; {planned.note}"
         stages[-1].inline = (trainer, cfgs["train"])
-        check_eval_lengths(it.name, cfgs["eval"], cfgs["train"].max_position_embeddings or max_positions(model))
+        check_eval_lengths(it.name, cfgs["eval"], rope.max_position_embeddings)
         stages.append(plan_eval(cfg, it.name, cfgs["eval"], folder / "eval", folder / "eval.done"))
         stages[-1].inline = (eval_run, cfgs["eval"])
+        for stage in stages[-4:]:  # this iteration's: which target keys were derived, which set
+            name = stage.label.partition(": ")[2]
+            marks = [m.line() for m in it.marks or [] if m.key.startswith(f"{name}.")]
+            if marks and stage.label.startswith(f"{it.name}: "):
+                stage.notes.append(f"[target] {', '.join(marks)}")
         model = cfgs["eval"].model
     return stages
 
@@ -413,6 +469,7 @@ def describe(stages: list[Stage]) -> str:
     lines = []
     for stage in stages:
         lines.append(f"{stage.label}: {stage.topology}")
+        lines.extend(f"  {note}" for note in stage.notes)
         for wave in stage.waves:
             if wave.merge is not None:
                 lines.append(f"  [{wave.name}] in the driver")
