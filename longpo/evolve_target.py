@@ -40,7 +40,8 @@ class Mark:
     how: str  # "derived", "set", "set, beyond target"
 
     def line(self) -> str:
-        return f"{self.key.partition('.')[2]}={self.value} ({self.how})"
+        value = "null" if self.value is None else self.value  # as the YAML reads: no override, the model's own
+        return f"{self.key.partition('.')[2]}={value} ({self.how})"
 
 
 def ruler_lengths(target: int) -> list[int]:
