@@ -184,8 +184,9 @@ def check_rope(it: Iteration, cfgs: dict[str, Any], current: Rope) -> Rope:
     the policy's RoPE: type, base, factor and max positions all equal to train's."""
     gen, train = cfgs["generate"], cfgs["train"]
     policy = current.override(train.rope_theta, train.max_position_embeddings)
-    if not (backend_spec(gen.backend).rope_override
-            and (gen.rope_theta is not None or gen.max_position_embeddings is not None)):
+    if not backend_spec(gen.backend).rope_override:  # a served model: its RoPE is the server's
+        return policy
+    if gen.rope_theta is None and gen.max_position_embeddings is None:
         held = current.max_position_embeddings
         if it.target_length and held and it.target_length > held:
             raise InputError(f"iteration {it.name}: generate runs the model as it is (no rope_theta / "

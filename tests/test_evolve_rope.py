@@ -60,6 +60,9 @@ def test_the_model_as_it_is_may_write_the_long_answers_when_it_holds_the_target(
     with pytest.raises(InputError, match="iteration it1: generate runs the model as it is .* which holds 4096 "
                                          "positions, below target_length=8192"):
         check(cfg.iterations[0], model, tmp_path)
+    served = iteration({"backend": "openai", "tokenizer": "t"}, {}, target_length=8192, rope_theta=4e4)
+    cfg = build_config(evolve.Config, {"base_model": "m", "iterations": [served]})
+    assert check(cfg.iterations[0], model, tmp_path).max_position_embeddings == 8192  # the server's RoPE: unknown
 
 
 def test_the_plan_chains_each_iteration_from_the_previous_trained_rope(tmp_path: Path):
