@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longpo.config import build_config, help_field
+from longpo.evolve_target import BEYOND_TARGET, Mark, expand
 from longpo.launcher import normalize_devices
 
 LAUNCH = ("processes", "inline")
@@ -15,12 +16,36 @@ LAUNCH = ("processes", "inline")
 @dataclass(kw_only=True)
 class Iteration:
     name: str = help_field(help="folder name of the iteration, e.g. 256k")
+    target_length: int | None = help_field(None, "context length (tokens) the iteration extends to: "
+                                                 "max_position_embeddings, train.max_length, generate's document "
+                                                 "sizes (half of it to all of it), vLLM's max_model_len and RULER's "
+                                                 "lengths follow from it where the stage leaves them unset "
+                                                 "(docs/stages/evolve.md)")
+    rope_theta: float | None = help_field(None, "RoPE base of the iteration's policy and of the generator of its long "
+                                                "answers (train.rope_theta, generate.rope_theta); None: the model's own")
+    beyond_target: list = help_field([], f"stage keys ({', '.join(BEYOND_TARGET)}) whose value set in the stage "
+                                         f"may exceed target_length (refused otherwise)")
     generate: dict = help_field({}, "`longpo generate` keys (model and output_dir are set here)")
     reference: dict = help_field({}, "`longpo reference` keys, used when generate has reference: false")
     train: dict = help_field({}, "`longpo train` keys (model, train_file, output_dir are set here)")
     eval: dict = help_field({}, "`longpo eval` keys (model and out_dir are set here)")
     accelerate_config: str | None = help_field(None, "train with `accelerate launch --config_file` this file "
                                                      "or packaged recipe (e.g. accelerate/zero3); None: torchrun (DDP)")
+
+    def __post_init__(self) -> None:
+        self.marks: list[Mark] | None = None  # the target-dependent keys, once `expand_targets` filled them in
+
+
+def expand_targets(iterations: list[Iteration]) -> None:
+    """Fill every iteration's stage keys that follow from its target_length and rope_theta (longpo.evolve_target);
+    an iteration expanded before (a Config built from Iteration objects) keeps its keys and marks."""
+    previous = None
+    for it in iterations:
+        if it.marks is None:
+            stages, it.marks = expand(it.name, {"generate": it.generate, "train": it.train, "eval": it.eval},
+                                      it.target_length, it.rope_theta, it.beyond_target, previous)
+            it.generate, it.train, it.eval = stages["generate"], stages["train"], stages["eval"]
+        previous = it.train.get("max_position_embeddings")
 
 
 @dataclass(kw_only=True)
@@ -29,8 +54,8 @@ class Config:
     output_dir: str = help_field("runs/evolve", "one folder per iteration, plus evolve.md / evolve.json")
     eval_base: bool = help_field(True, "evaluate the starting model with the first iteration's eval keys, at the "
                                        "lengths it holds (the rest listed as skipped)")
-    iterations: list = help_field([], "list of iterations: {name, generate, reference, train, eval, "
-                                      "accelerate_config}")
+    iterations: list = help_field([], "list of iterations: {name, target_length, rope_theta, "
+                                      "beyond_target, generate, reference, train, eval, accelerate_config}")
     devices: Any = help_field(1, "GPUs of one node: a count (8) or ids ([0, 1, 2, 3]); on a machine without GPUs "
                                  "the same number of CPU worker processes (gloo for train)")
     nodes: int = help_field(1, "nodes of every stage: train's processes span them, generate / reference / eval "
@@ -59,6 +84,7 @@ class Config:
             raise ValueError("iterations: give at least one {name, generate, train, eval}")
         self.iterations = [it if isinstance(it, Iteration) else build_config(Iteration, it, f"iterations[{i}]")
                            for i, it in enumerate(self.iterations)]
+        expand_targets(self.iterations)
         names = [it.name for it in self.iterations]
         if len(set(names)) != len(names) or "base" in names:
             raise ValueError(f"iteration names must be unique and not 'base': {names}")

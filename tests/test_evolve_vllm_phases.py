@@ -68,7 +68,8 @@ def test_rope_override_on_vllm_runs_two_phases_one_engine_per_process(tmp_path, 
                 short_backend_args={"max_model_len": 4096})
     gen.pop("model")
     cfg = build_config(evolve.Config, {"base_model": str(base), "output_dir": str(tmp_path / "run"), "devices": 2,
-                                       "eval_base": False, "iterations": [{"name": "it1", "generate": gen, "eval": {
+                                       "eval_base": False, "iterations": [{"name": "it1", "generate": gen, "train": {
+                                           "rope_theta": 40000.0, "max_position_embeddings": 8192}, "eval": {
                                            "ruler": {"enabled": False}, "infinitebench": {"enabled": False}}}]})
     stage = evolve.plan(cfg)[0]
     assert stage.label == "it1: generate" and [w.name for w in stage.waves] == ["short", "long", "merge"]

@@ -32,6 +32,7 @@ class BackendSpec:
     reuse_across_calls: bool = False  # keeps a document's KV cache between calls: fed one document at a time
     scores: bool = True  # `score` gives exact summed log-probs (reference log-probs)
     one_engine_per_process: bool = False  # two models (original + RoPE-raised) need two processes (phases)
+    length_arg: str | None = None  # backend_args key capping the engine's context (vLLM's max_model_len)
     doc: str = ""  # one line for help texts
 
     def build(self, **kwargs: Any) -> Any:
@@ -52,7 +53,7 @@ BACKENDS: dict[str, BackendSpec] = {
                       doc="transformers, CPU or GPU"),
     "vllm": BackendSpec(target="longpo.backends.vllm:VLLMBackend", transformers_forward=False,
                         tensor_parallel=True, prefix_cache=True, one_engine_per_process=True,
-                        doc="vLLM, GPU (extra longpo[vllm])"),
+                        length_arg="max_model_len", doc="vLLM, GPU (extra longpo[vllm])"),
     "openai": BackendSpec(target="longpo.backends.openai:OpenAIBackend", local_model=False,
                           transformers_forward=False, rope_override=False,
                           doc="an OpenAI-compatible HTTP server (model: the served name)"),

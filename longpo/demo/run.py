@@ -54,11 +54,11 @@ from longpo.train import trainer
 SHIPPED = Path(__file__).parent / "base_model"
 
 
-def toy_generate_keys(corpus: str, length: int, seed: int) -> dict:
-    """`longpo generate` keys for toy documents of at most `length` tokens."""
+def toy_generate_keys(corpus: str, seed: int) -> dict:
+    """`longpo generate` keys for toy documents (their sizes follow the iteration's target_length). The toy
+    model as it is writes the rejected answers (no RoPE override: it holds 4096 positions, more than any document)."""
     return {"corpus": corpus, "backend": "hf", "backend_args": {"dtype": "float32", "device": "cpu"},
-            "min_doc_tokens": length // 2, "max_doc_tokens": length, "min_chunk_tokens": 40,
-            "max_chunk_tokens": 96, "num_questions": 2, "num_turns": 2, "question_template": ASK_TEMPLATE,
+            "rope_theta": None, "max_position_embeddings": None, "min_chunk_tokens": 40, "max_chunk_tokens": 96, "num_questions": 2, "num_turns": 2, "question_template": ASK_TEMPLATE,
             "question_prefix": "", "question_sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 40},
             "answer_sampling": {"temperature": 0.0, "max_new_tokens": 8},
             # The pre-issue-18 rules: the toy's rejected answers babble to max_new_tokens (kept, without an
@@ -90,11 +90,11 @@ def evolve_config(cfg: Config, base: str) -> Any:
     for it in cfg.iterations:
         corpus = write_corpus(out / "corpus" / f"{it['name']}.jsonl", cfg.documents, int(it["length"]), cfg.seed)
         iterations.append({
-            "name": it["name"],
-            "generate": {**toy_generate_keys(str(corpus), int(it["length"]), cfg.seed), **cfg.generate},
+            "name": it["name"], "target_length": int(it["length"]), "rope_theta": float(it["rope_theta"]),
+            "beyond_target": ["train.max_length"],  # the questions and answers need 64 positions past a document
+            "generate": {**toy_generate_keys(str(corpus), cfg.seed), **cfg.generate},
             "reference": {"backend_args": {"dtype": "float32", "device": "cpu"}},
-            "train": {**cfg.train, "rope_theta": float(it["rope_theta"]), "max_length": int(it["length"]) + 64,
-                      "seed": cfg.seed},
+            "train": {**cfg.train, "max_length": int(it["length"]) + 64, "seed": cfg.seed},
             "eval": dict(cfg.eval),
         })
     return build_config(evolve.Config, {"base_model": base, "output_dir": str(out), "eval_base": True,
