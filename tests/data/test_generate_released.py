@@ -277,6 +277,6 @@ def test_num_rejected_3_under_either_preset_keeps_the_turns_of_m_1_with_three_sa
     assert stats["pairs_kept"] == one_stats["pairs_kept"] and stats["rejected_kept"] == 3 * stats["pairs_kept"]
     assert sorted({s for s, _ in seen}) == [0, 1, 2] and {t for _, t in seen} == {0.8}
     for record in threes:
-        for t, turn in enumerate(record["turns"]):
+        for turn in record["turns"]:
             assert [a.rsplit(" ", 1)[1] for a in turn["rejected"]] == ["0.", "1.", "2."]
             assert turn["chosen"] in [x["chosen"] for r in ones if r["id"] == record["id"] for x in r["turns"]]
