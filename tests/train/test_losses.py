@@ -363,3 +363,20 @@ def test_a_mode_refuses_data_outside_its_rejected_range_at_load(tmp_path, monkey
     with pytest.raises(InputError, match=r"mixed\.jsonl:2: a record with 2 rejected answer\(s\) per turn, .*mixed"
                                          r"\.jsonl:1 holds 1; a run packs one number"):
         _train_one_step(tmp_path, "mixed", records)
+
+
+@pytest.mark.parametrize("name", [n for n, m in MODES.items() if m.preference])
+def test_an_answer_equal_to_the_chosen_one_gives_no_preference_gradient(name):
+    """The claim behind leaving equal pairs out (docs/stages/generate.md): when the rejected answer is the
+    chosen one, policy and reference log-probs are the same on both sides, and every mode's preference
+    loss has zero gradient with respect to them (a constant of the pair); a different answer has some."""
+    mode = MODES[name]
+    theta = torch.tensor([-7.0, -11.0], dtype=F64, requires_grad=True)  # log pi of two different answers
+    tokens = torch.tensor([3, 3])
+    ref = PairLogps(chosen=torch.tensor([-6.0], dtype=F64), rejected=torch.tensor([-6.0], dtype=F64))
+    for rejected, zero in ((theta[0], True), (theta[1], False)):
+        policy = PairLogps(chosen=theta[:1], rejected=rejected.reshape(1), chosen_tokens=tokens[:1],
+                           rejected_tokens=tokens[:1])
+        out = mode.losses(policy, ref, mode.defaults.beta, mode.defaults.margin)
+        (grad,) = torch.autograd.grad(out.losses.sum(), theta)
+        assert (grad.abs().max() == 0) == zero, f"{name}: gradient {grad.tolist()} for rejected {'=' if zero else '!='} chosen"
