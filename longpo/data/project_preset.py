@@ -55,7 +55,7 @@ class ProjectPreset:
             if not specific:
                 stats["turns_without_question"]["generic_questions_only"] += 1
             found = specific
-        if found and earlier:  # a question asked again about another chunk trains the same thing twice
+        if found and earlier and cfg.filters.max_question_overlap < 1:  # asked again: trains the same thing twice
             distinct = [q for q in found if not is_near_duplicate(q, earlier, cfg.filters.max_question_overlap)]
             stats["questions_dropped"]["near_duplicate_question"] += len(found) - len(distinct)
             if not distinct:

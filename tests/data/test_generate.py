@@ -306,6 +306,10 @@ def test_num_rejected_2_samples_two_distinct_answers_per_turn_scored_and_trainab
     batch = pack_pairs([tokenize_pair(tokenizer, r) for r in records])
     assert batch.num_rejected == 2 and batch.ref_rejected.shape == (len(records), 2)
     assert f"rejected answers kept {2 * len(turns)} (2.0 per turn)" in (tmp_path / "o" / "summary.txt").read_text()
+    from longpo.data.inspect import inspect_pairs
+
+    shown = inspect_pairs(tmp_path / "o", n=1, width=200)
+    assert "rejected 1 of 2 (ref log-prob" in shown and "rejected 2 of 2 (ref log-prob" in shown
 
 
 def test_a_turn_without_m_distinct_rejected_answers_is_dropped_and_counted(tmp_path, tokenizer_dir):
