@@ -8,8 +8,9 @@
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
      rank, weight-0 fillers where a rank's share ran short);
-  2. sum the step's NLL-token and pair counts over data-parallel ranks (pairs whose chosen and rejected
-     answers are equal carry no preference gradient: out of the preference mean, NLL kept);
+  2. sum the step's NLL-token and pair counts over data-parallel ranks (a record with M rejected answers
+     is M pairs (record, j), or one for a mode that averages them, `LossMode.per_answer`; pairs whose
+     chosen and rejected answers are equal carry no preference gradient: out of the preference mean, NLL kept);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, stop on a non-finite loss on every rank together (before
      any backward: DeepSpeed steps inside the last one), backward;
