@@ -16,6 +16,8 @@ def render() -> str:
     for m in MODES.values():
         least, most = m.rejected
         rejected = "not used" if most == 0 else f"{least} or more (M)" if most is None else f"{least}-{most}"
+        if m.preference:
+            rejected += ": M pairs" if m.per_answer else ": one term"
         d = m.defaults
         formula = m.formula.replace("|", "\\|")
         rows.append(f"| `{m.name}` | {m.reference} | {rejected} | {d.beta:g} | {d.lam:g} | {d.nll_weight:g} | "

@@ -55,6 +55,9 @@ class FilterConfig:
                                                           "preference signal; always counted). Kept by default: "
                                                           "training leaves such a pair out of the preference mean "
                                                           "and still learns its NLL (docs/stages/train.md)")
+    max_question_overlap: float = help_field(0.7, "drop a question whose content words overlap those of a question "
+                                                  "already asked in an earlier turn of the same document by more "
+                                                  "than this (Jaccard of the two sets); 1 disables")
     require_specific_question: bool = help_field(True, "drop a question none of whose content words (beyond "
                                                        "generic ones: 'main idea', 'text', 'author') occurs in the "
                                                        "chunk; such meta questions do not depend on the chunk")
@@ -69,6 +72,8 @@ class FilterConfig:
             raise ValueError(f"filters.truncated={self.truncated!r}: choose one of {TRUNCATION_MODES}")
         if self.ngram < 1:
             raise ValueError(f"filters.ngram={self.ngram} must be at least 1")
+        if not 0 <= self.max_question_overlap <= 1:
+            raise ValueError(f"filters.max_question_overlap={self.max_question_overlap} must lie in [0, 1]")
 
 
 def words(text: str) -> list[str]:
@@ -124,6 +129,18 @@ def is_copy(answer: str, earlier: list[str]) -> bool:
     """The answer equals (up to case, spacing and punctuation) one of `earlier`."""
     key = normalise(answer)
     return bool(key) and any(key == normalise(e) for e in earlier)
+
+
+def question_overlap(a: str, b: str) -> float:
+    """Jaccard overlap of two questions' content-word sets (0 when either has none): "What is the main idea
+    of the passage?" and "What is the main idea of this text?" overlap 1."""
+    x, y = set(content_words(a)), set(content_words(b))
+    return len(x & y) / len(x | y) if x and y else 0.0
+
+
+def is_near_duplicate(question: str, earlier: list[str], max_overlap: float) -> bool:
+    """The question overlaps one of `earlier` by more than `max_overlap` (`question_overlap`)."""
+    return any(question_overlap(question, e) > max_overlap for e in earlier)
 
 
 def is_specific_question(question: str, chunk: str) -> bool:

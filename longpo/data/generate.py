@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,7 +72,9 @@ class GenerationPreset(Protocol):
 
     def question_request(self, cfg: Any, chunk: str) -> str: ...  # the user message asking about one chunk
     def parse_questions(self, cfg: Any, reply: str) -> list[str]: ...
-    def usable_questions(self, cfg: Any, found: list[str], chunk: str, stats: dict) -> list[str]: ...
+    # `earlier`: the questions already picked for the document's earlier turns (for near-duplicates)
+    def usable_questions(self, cfg: Any, found: list[str], chunk: str, stats: dict,
+                         earlier: list[str]) -> list[str]: ...
     def pick_question(self, cfg: Any, questions: list[str], rng: random.Random) -> str: ...
     def drop_reason(self, cfg: Any, chosen: str, rejected: str | None, branch: str,
                     earlier: list[str]) -> str | None: ...
@@ -137,6 +139,16 @@ class Config:
                                       metadata={"help": "sampling of the chosen and rejected answers; default "
                                                         "greedy, as the paper's appendix says (the released "
                                                         "script samples at temperature 1.0, top_p 1.0)"})
+    num_rejected: int = help_field(1, "rejected answers per turn (M). M > 1: M distinct answers sampled on the long "
+                                      "document at rejected_temperature, each filtered like a single one (a draw "
+                                      "that fails a filter or repeats another is discarded and counted); a turn "
+                                      "still short of M after rejected_retries more rounds is dropped "
+                                      "(too_few_rejected). The records' `rejected` is then a list of M")
+    rejected_temperature: float = help_field(1.0, "sampling temperature of the rejected answers when num_rejected "
+                                                  "> 1 (distinct answers need sampling; answer_sampling's top_p, "
+                                                  "max_new_tokens and seed apply, each draw with its own seed)")
+    rejected_retries: int = help_field(2, "with num_rejected > 1: further rounds of draws for the answers a turn "
+                                          "still lacks")
     filters: FilterConfig = field(default_factory=FilterConfig, metadata={"help": "pair filters"})
     reference: bool = help_field(True, "add the original model's reference log-probs (else run "
                                        "`longpo reference` later)")
@@ -165,10 +177,15 @@ class Config:
             self.separator = preset.separator
         if self.num_turns is None:
             self.num_turns = preset.num_turns
-        for name in ("num_questions", "num_turns", "documents_per_group"):
+        for name in ("num_questions", "num_turns", "documents_per_group", "num_rejected"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         self.question_template = question_template(self.question_template)
+        if self.num_rejected > 1 and self.rejected_temperature <= 0:
+            raise ValueError(f"num_rejected={self.num_rejected} needs rejected_temperature > 0: greedy decoding gives "
+                             "one answer however often it is asked")
+        if self.rejected_retries < 0:
+            raise ValueError(f"rejected_retries={self.rejected_retries} must be at least 0")
         if not 1 <= self.min_questions <= self.num_questions:
             raise ValueError(f"min_questions={self.min_questions} must lie in [1, num_questions={self.num_questions}]")
         if self.question_parser not in QUESTION_PARSERS:
@@ -233,9 +250,9 @@ class _Turn:
     chunk: str
     question: str = ""
     chosen: str = ""
-    rejected: str = ""
+    rejected: list[str] = field(default_factory=list)  # M answers, kept ones in branch order
     chosen_cut: bool = False  # trimmed after hitting max_new_tokens: its end-of-turn token was not generated
-    rejected_cut: bool = False
+    rejected_cut: list[bool] = field(default_factory=list)
     chosen_truncated: bool = False  # hit max_new_tokens and could not be used (truncated=drop, or no sentence)
     kept: bool = False  # passed every filter: a turn of the record
 
@@ -285,8 +302,9 @@ def _complete_answer(text: str, cut_off: bool, cfg: FilterConfig, stage: str, st
     return text, False, True
 
 
-def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict) -> list[str]:
-    """The usable questions of one reply (empty: the turn is skipped, counted by reason)."""
+def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict, earlier: list[str]) -> list[str]:
+    """The usable questions of one reply (empty: the turn is skipped, counted by reason); `earlier`: the
+    questions picked for the document's earlier turns."""
     if cut_off:  # the last line may be a question cut in the middle: keep it only if it got its "?"
         lines = reply.rstrip().splitlines()
         if lines and not lines[-1].rstrip().endswith("?"):
@@ -295,7 +313,7 @@ def _questions(cfg: Config, reply: str, cut_off: bool, chunk: str, stats: dict) 
     found = preset.parse_questions(cfg, reply)
     stats["questions_found"] += len(found)
     stats["hist"]["questions_per_reply"][str(len(found))] += 1
-    return preset.usable_questions(cfg, found, chunk, stats)
+    return preset.usable_questions(cfg, found, chunk, stats, earlier)
 
 
 def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None) -> tuple[list[dict], dict]:
@@ -309,7 +327,8 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
 
     preset = PRESETS[cfg.prompts]
     short = ref_backend if cfg.original_for_short_steps and ref_backend is not None else backend
-    tok, stats = backend.tokenizer, new_stats(preset.drop_reasons)
+    reasons = preset.drop_reasons + (("too_few_rejected",) if cfg.num_rejected > 1 else ())
+    tok, stats = backend.tokenizer, new_stats(reasons)
     work: list[tuple[Any, Any, list[_Turn], random.Random]] = []
     for doc in docs:
         stats["documents"] += 1
@@ -341,7 +360,9 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
                                 for _, t in asks], cfg.question_sampling, "question", stats)
     for (w, turn), (reply, cut_off) in zip(asks, replies):
         stats["question_replies"] += 1
-        questions = _questions(cfg, reply, cut_off, turn.chunk, stats)
+        before = next(i for i, x in enumerate(w[2]) if x is turn)
+        earlier = [x.question for x in w[2][:before] if x.question]  # this document's turns before this one
+        questions = _questions(cfg, reply, cut_off, turn.chunk, stats, earlier)
         if questions:  # w[3]: the document's own rng (seed and id), so a rerun or resume picks the same
             turn.question = preset.pick_question(cfg, questions, w[3])
     work = [(d, c, [t for t in turns if t.question], r) for d, c, turns, r in work]
@@ -369,13 +390,19 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
         if not turns:
             continue
         out_turns, counts = [], []
+        single = cfg.num_rejected == 1  # one rejected answer: a string, as records always held
         for x in turns:
-            out = {"question": x.question, "chunk": x.chunk, "chosen": x.chosen, "rejected": x.rejected}
-            out.update({f"{b}_cut": True for b in ("chosen", "rejected") if getattr(x, f"{b}_cut")})
+            out = {"question": x.question, "chunk": x.chunk, "chosen": x.chosen,
+                   "rejected": x.rejected[0] if single else x.rejected}
+            if x.chosen_cut:
+                out["chosen_cut"] = True
+            if any(x.rejected_cut):
+                out["rejected_cut"] = True if single else x.rejected_cut
             out_turns.append(out)
             # Response tokens of each short (reference) sequence: for per-token log-probs in the stats.
-            counts.append([sum(tokenize_short(tok, x.chunk, x.question, getattr(x, b), getattr(x, f"{b}_cut"))[1])
-                           for b in ("chosen", "rejected")])
+            n = [sum(tokenize_short(tok, x.chunk, x.question, a, cut)[1]) for a, cut in
+                 [(x.chosen, x.chosen_cut), *zip(x.rejected, x.rejected_cut)]]
+            counts.append(n if single else [n[0], n[1:]])
         records.append({
             "id": w[0].id,
             "document": w[1].context,
@@ -391,22 +418,53 @@ def process_group(cfg: Config, docs: list, backend: Any, ref_backend: Any | None
     return records, stats
 
 
-def _turn_drop_reason(cfg: Config, turn: _Turn, branch: str, truncated: bool, earlier: list[str]) -> str | None:
-    """Why the turn's `branch` answer (already trimmed where allowed) cannot be trained on, or None (the
-    preset's filters; `earlier`: the answers of the turns before, for copies)."""
+def _turn_drop_reason(cfg: Config, turn: _Turn, branch: str, truncated: bool, earlier: list[str],
+                      rejected: str | None = None) -> str | None:
+    """Why the turn's `branch` answer (already trimmed where allowed; for "rejected", the answer `rejected`)
+    cannot be trained on, or None (the preset's filters; `earlier`: the answers of the turns before, for copies)."""
     if truncated:
         return "truncated"
-    return PRESETS[cfg.prompts].drop_reason(cfg, turn.chosen, turn.rejected, branch, earlier)
+    return PRESETS[cfg.prompts].drop_reason(cfg, turn.chosen, rejected, branch, earlier)
+
+
+def _rejected_sampling(cfg: Config, round_: int, j: int) -> Sampling:
+    """The sampling of draw (round, answer j): `answer_sampling` itself for M = 1; for M > 1 at
+    `rejected_temperature`, each draw with its own seed (the same prompt, asked again, gives another answer)."""
+    if cfg.num_rejected == 1:
+        return cfg.answer_sampling
+    return replace(cfg.answer_sampling, temperature=cfg.rejected_temperature,
+                   seed=cfg.answer_sampling.seed + round_ * cfg.num_rejected + j)
+
+
+def _rejected_prompt(cfg: Config, w: Any, t: int, j: int, tok: Any) -> str:
+    """The long prompt of turn t's rejected answer j: turn t alone (independent turns), or after the turns
+    < t of rejected branch j."""
+    from longpo.data.records import conversation, user_content
+
+    question = w[2][t].question
+    if PRESETS[cfg.prompts].independent_turns:  # one user message: the whole document and this question
+        messages = [{"role": "user", "content": user_content(w[1].context, question)}]
+    else:
+        done = [{"question": x.question, "rejected": x.rejected[j]} for x in w[2][:t]]
+        messages = conversation(w[1].context, done, "rejected") if done else []
+        messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0 else question})
+    return _chat(tok, messages)
 
 
 def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
     """Rejected answers of `work`'s documents, turn by turn; a turn that passes every filter is marked kept.
     Turns that follow each other (the project preset): a document stops at its first dropped turn (later
     turns would follow a bad one); independent turns (released): each rejected answer is asked on its own,
-    so a dropped turn leaves the others."""
-    from longpo.data.records import conversation, user_content
+    so a dropped turn leaves the others.
 
-    independent = PRESETS[cfg.prompts].independent_turns
+    M = num_rejected > 1: answer j of turn t follows answer j of the turns before (branch j). A draw that a
+    filter drops, or that repeats (`is_copy`) an answer the turn already holds, is discarded and counted in
+    `rejected_discarded`; the answers still missing are drawn again, up to `rejected_retries` more rounds;
+    a turn still short of M is dropped as `too_few_rejected`. M = 1 is one draw: a dropped answer drops
+    the turn under the answer's reason."""
+    from longpo.data.records import user_content
+
+    m, independent = cfg.num_rejected, PRESETS[cfg.prompts].independent_turns
     tok = backend.tokenizer
     alive = list(work)
     for t in range(cfg.num_turns):
@@ -415,7 +473,7 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
             if len(w[2]) <= t:
                 continue
             turn = w[2][t]
-            earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
+            earlier = [a for x in w[2][:t] for a in (x.chosen, *x.rejected)]
             too_long = _n_tokens(tok, user_content(turn.chunk, turn.question)) > cfg.filters.max_short_prompt_tokens
             reason = "short_prompt_too_long" if too_long else _turn_drop_reason(cfg, turn, "chosen",
                                                                                 turn.chosen_truncated, earlier)
@@ -423,35 +481,42 @@ def _rejected_turns(cfg: Config, backend: Any, work: list, stats: dict) -> None:
                 stats["dropped"][reason] += 1
             else:
                 round_.append(w)
-        prompts = []
-        for w in round_:
-            question = w[2][t].question
-            if independent:  # one user message: the whole document and this question
-                messages = [{"role": "user", "content": user_content(w[1].context, question)}]
-            else:
-                done = [{"question": x.question, "rejected": x.rejected} for x in w[2][:t]]
-                messages = conversation(w[1].context, done, "rejected") if done else []
-                messages.append({"role": "user", "content": user_content(w[1].context, question) if t == 0
-                                 else question})
-            prompts.append(_chat(tok, messages))
+        drawn: dict[int, list] = {id(w): [None] * m for w in round_}  # per answer j: (text, cut, equals chosen)
+        failed: dict[int, str] = {}  # M = 1: why the turn's one answer was dropped
+        for r in range(1 if m == 1 else 1 + cfg.rejected_retries):
+            for j in range(m):
+                asks = [w for w in round_ if drawn[id(w)][j] is None and id(w) not in failed]
+                prompts = [_rejected_prompt(cfg, w, t, j, tok) for w in asks]
+                for w, (answer, cut_off) in zip(asks, _generate(backend, prompts, _rejected_sampling(cfg, r, j),
+                                                                "rejected", stats)):
+                    turn, held = w[2][t], [a[0] for a in drawn[id(w)] if a is not None]
+                    text, cut, truncated = _complete_answer(answer, cut_off, cfg.filters, "rejected", stats)
+                    earlier = [a for x in w[2][:t] for a in (x.chosen, *x.rejected)]
+                    reason = _turn_drop_reason(cfg, turn, "rejected", truncated, earlier, text)
+                    same = is_copy(text, [turn.chosen])
+                    if reason is None and same and cfg.filters.drop_chosen_equals_rejected:
+                        reason = "chosen_equals_rejected"
+                    if reason is None and is_copy(text, held):
+                        reason = "duplicate_rejected"
+                    if reason is None:
+                        drawn[id(w)][j] = (text, cut, same)
+                    elif m == 1:
+                        failed[id(w)] = reason
+                    else:
+                        stats["rejected_discarded"][reason] += 1
         passed = []
-        for w, (answer, cut_off) in zip(round_, _generate(backend, prompts, cfg.answer_sampling, "rejected", stats)):
-            turn = w[2][t]
-            turn.rejected, turn.rejected_cut, truncated = _complete_answer(answer, cut_off, cfg.filters, "rejected",
-                                                                            stats)
-            earlier = [a for x in w[2][:t] for a in (x.chosen, x.rejected)]
-            reason = _turn_drop_reason(cfg, turn, "rejected", truncated, earlier)
-            same = is_copy(turn.rejected, [turn.chosen])
-            if reason is None and same and cfg.filters.drop_chosen_equals_rejected:
-                reason = "chosen_equals_rejected"
-            if reason:
-                stats["dropped"][reason] += 1
+        for w in round_:
+            turn, answers = w[2][t], drawn[id(w)]
+            if any(a is None for a in answers):
+                stats["dropped"][failed.get(id(w), "too_few_rejected")] += 1
                 continue
+            turn.rejected, turn.rejected_cut = [a[0] for a in answers], [a[1] for a in answers]
             passed.append(w)
             turn.kept = True
             stats["pairs_kept"] += 1
-            stats["chosen_equals_rejected"] += int(same)
-            for branch, text in (("chosen", turn.chosen), ("rejected", turn.rejected)):
+            stats["rejected_kept"] += m
+            stats["chosen_equals_rejected"] += sum(a[2] for a in answers)
+            for branch, text in (("chosen", turn.chosen), *(("rejected", a) for a in turn.rejected)):
                 n = _n_tokens(tok, text)
                 stats["hist"][f"{branch}_tokens"][power_of_two_bin(n)] += 1
                 stats["answer_tokens"][branch] += n

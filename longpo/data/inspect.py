@@ -30,13 +30,28 @@ def side_by_side(left: list[str], right: list[str], width: int, gap: str = " | "
     return "\n".join(f"{a:<{width}}{gap}{b}".rstrip() for a, b in zip_longest(left, right, fillvalue=""))
 
 
-def _score(turn: dict, branch: str, tokens: int | None) -> str:
-    logp = turn.get(f"ref_{branch}_logp")
-    cut = ", cut at max_new_tokens" if turn.get(f"{branch}_cut") else ""
+def _score(name: str, logp: float | None, cut: bool | None, tokens: int | None) -> str:
+    cut_note = ", cut at max_new_tokens" if cut else ""
     if logp is None:
-        return f"{branch} (no reference log-prob{cut})"
+        return f"{name} (no reference log-prob{cut_note})"
     per_token = f", {logp / tokens:.3f}/token over {tokens}" if tokens else ""
-    return f"{branch} (ref log-prob {logp:.2f}{per_token}{cut})"
+    return f"{name} (ref log-prob {logp:.2f}{per_token}{cut_note})"
+
+
+def _rejected_column(turn: dict, tokens: int | list | None, width: int) -> list[str]:
+    """The rejected answer, or the M of them one under the other (rejected 1, 2, ...)."""
+    answers = turn["rejected"] if isinstance(turn["rejected"], list) else [turn["rejected"]]
+    m = len(answers)
+
+    def each(value):  # a per-answer field as M values
+        return value if isinstance(value, list) else [value] * m
+
+    lines = []
+    for j, (text, logp, cut, n) in enumerate(zip(answers, each(turn.get("ref_rejected_logp")),
+                                                 each(turn.get("rejected_cut")), each(tokens))):
+        lines += ([""] if j else []) + _column(_score("rejected" if m == 1 else f"rejected {j + 1} of {m}", logp,
+                                                      cut, n), text, width)
+    return lines
 
 
 def shorten(text: str, chars: int) -> str:
@@ -79,7 +94,7 @@ def inspect_pairs(folder: str | Path, n: int = 3, seed: int = 0, width: int = 10
             f"chunk {len(turn['chunk'])})",
             "question: " + turn["question"],
             "chunk: " + shorten(turn["chunk"], chunk_chars).replace("\n", " / "),
-            side_by_side(_column(_score(turn, "chosen", n_chosen), turn["chosen"], column),
-                         _column(_score(turn, "rejected", n_rejected), turn["rejected"], column), column),
+            side_by_side(_column(_score("chosen", turn.get("ref_chosen_logp"), turn.get("chosen_cut"), n_chosen),
+                                 turn["chosen"], column), _rejected_column(turn, n_rejected, column), column),
         ]
     return "\n".join(parts)

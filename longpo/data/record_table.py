@@ -26,6 +26,7 @@ from longpo.data.records import (
     RecordError,
     _strip_nulls,
     load_record_file,
+    num_rejected,
     record_files,
     validate_record,
 )
@@ -48,9 +49,12 @@ class RecordTable(Sequence):
         self.tables = tables
         self.total = sum(len(t) for t in tables)
         self.ids: list[str] = []
+        self.first_with: dict[int, int] = {}  # M (rejected answers per turn) -> first record holding it
         seen: dict[str, int] = {}
         for i, row in enumerate(self._rows()):
-            rid = validate_record(_strip_nulls(row), self.where(i), require_reference)["id"]
+            record = validate_record(_strip_nulls(row), self.where(i), require_reference)
+            self.first_with.setdefault(num_rejected(record), i)
+            rid = record["id"]
             if rid in seen:
                 raise RecordError(f"{self.where(i)}: id {rid!r} repeats the record at {self.where(seen[rid])}; give "
                                   f"every record its own id (or drop the duplicate)")
@@ -62,6 +66,10 @@ class RecordTable(Sequence):
         f = bisect.bisect_right(self.starts, index) - 1
         local = index - self.starts[f]
         return f"{self.files[f]}:{local + 1}" if self.kinds[f] == "json" else f"{self.files[f]} row {local}"
+
+    def rejected_counts(self) -> dict[int, str]:
+        """M (rejected answers per turn) -> where the first record with it is."""
+        return {m: self.where(i) for m, i in sorted(self.first_with.items())}
 
     def _rows(self) -> Iterator[dict]:
         for table in self.tables:

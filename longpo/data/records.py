@@ -10,14 +10,19 @@ fills the reference fields, `longpo train` reads them:
           "question": "According to the passage above, ...",
           "chunk": "<the short context C_S of this turn, a substring of the document>",
           "chosen": "<answer given only the chunk: y_w>",
-          "rejected": "<answer given the whole document: y_l>",
+          "rejected": "<answer given the whole document: y_l>",   # or a list of M such answers
           "ref_chosen_logp": -41.2,      # optional: log pi_S(chosen | [chunk; question]), summed
-          "ref_rejected_logp": -57.9,    # optional: log pi_S(rejected | [chunk; question]), summed
+          "ref_rejected_logp": -57.9,    # optional: log pi_S(rejected | [chunk; question]), summed (a list of M)
           "chosen_cut": true             # optional (also rejected_cut): the answer hit max_new_tokens and was
         }                                #   trimmed; its end-of-turn token is not a response token
       ],
       "meta": {...}                      # optional, free-form (source, lengths, generator)
     }
+
+Several rejected answers: `rejected` may be a list of M >= 1 answers (`ref_rejected_logp` and
+`rejected_cut` then lists of M too); a string is M = 1. Every turn of a record holds the same M,
+and rejected branch j answers with answer j at every turn. A record is then M pairs sharing the
+chosen answer (or one term over all M, as the loss mode declares).
 
 Prompts: the first user message is `user_content(document, question_1)`; later turns carry only
 their question. The short (reference) prompt of turn i is `user_content(chunk_i, question_i)`
@@ -52,13 +57,28 @@ def user_content(context: str, question: str) -> str:
     return f"{context}\n\n{question}"
 
 
-def conversation(context: str, turns: list[dict], branch: str) -> list[dict]:
-    """Chat messages of one branch ("chosen" or "rejected") of a multi-turn record over `context`."""
+def per_answer(value: Any) -> list:
+    """A rejected-answer field as a list of M values: a single value (string, number, bool) is M = 1."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def num_rejected(record: dict) -> int:
+    """M: how many rejected answers each turn of a (validated) record holds."""
+    return len(per_answer(record["turns"][0]["rejected"]))
+
+
+def answer(turn: dict, branch: str, j: int = 0) -> str:
+    """The answer of `branch` in `turn`: the chosen one, or rejected answer j."""
+    return turn[branch] if branch == "chosen" else per_answer(turn[branch])[j]
+
+
+def conversation(context: str, turns: list[dict], branch: str, j: int = 0) -> list[dict]:
+    """Chat messages of one branch ("chosen", or "rejected" answer j) of a multi-turn record over `context`."""
     messages = []
     for i, turn in enumerate(turns):
         content = user_content(context, turn["question"]) if i == 0 else turn["question"]
         messages.append({"role": "user", "content": content})
-        messages.append({"role": "assistant", "content": turn[branch]})
+        messages.append({"role": "assistant", "content": answer(turn, branch, j)})
     return messages
 
 
@@ -75,15 +95,33 @@ def validate_record(record: Any, where: str, require_reference: bool = False) ->
     turns = record.get("turns")
     if not isinstance(turns, list) or not turns:
         raise RecordError(f"{label}: field 'turns' must be a non-empty list")
+    m = None  # rejected answers per turn, the same in every turn
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RecordError(f"{label}: field 'turns[{i}]' must be an object")
         for key in REQUIRED_TURN_FIELDS:
             value = turn.get(key)
-            if not isinstance(value, str):
-                raise RecordError(f"{label}: field 'turns[{i}].{key}' is missing or not a string")
-            if not value.strip():
-                raise RecordError(f"{label}: field 'turns[{i}].{key}' is empty")
+            if key == "rejected" and isinstance(value, list):
+                if not value:
+                    raise RecordError(f"{label}: field 'turns[{i}].rejected' is an empty list; give M >= 1 answers")
+                m_turn = len(value)
+                if m is not None and m_turn != m:
+                    raise RecordError(f"{label}: field 'turns[{i}].rejected' holds {m_turn} answers, turn 0 holds "
+                                      f"{m}; every turn of a record needs the same number of rejected answers")
+                m = m_turn
+                values = [(f"turns[{i}].rejected[{j}]", v) for j, v in enumerate(value)]
+            else:
+                if key == "rejected":
+                    if m not in (None, 1):
+                        raise RecordError(f"{label}: field 'turns[{i}].rejected' holds 1 answer, turn 0 holds {m}; "
+                                          f"every turn of a record needs the same number of rejected answers")
+                    m = 1
+                values = [(f"turns[{i}].{key}", value)]
+            for name, v in values:
+                if not isinstance(v, str):
+                    raise RecordError(f"{label}: field '{name}' is missing or not a string")
+                if not v.strip():
+                    raise RecordError(f"{label}: field '{name}' is empty")
         for key in REF_FIELDS:
             value = turn.get(key)
             if value is None:
@@ -93,12 +131,29 @@ def validate_record(record: Any, where: str, require_reference: bool = False) ->
                         f"file first, or train with a loss that needs no reference (loss=sft)"
                     )
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RecordError(f"{label}: field 'turns[{i}].{key}' must be a finite number, got {value!r}")
+            for v in _rejected_values(value, key, m, f"{label}: field 'turns[{i}].{key}'"):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise RecordError(f"{label}: field 'turns[{i}].{key}' must be a finite number, got {v!r}")
         for key in CUT_FIELDS:
-            if turn.get(key) is not None and not isinstance(turn[key], bool):
-                raise RecordError(f"{label}: field 'turns[{i}].{key}' must be true or false, got {turn[key]!r}")
+            if turn.get(key) is None:
+                continue
+            for v in _rejected_values(turn[key], key, m, f"{label}: field 'turns[{i}].{key}'"):
+                if not isinstance(v, bool):
+                    raise RecordError(f"{label}: field 'turns[{i}].{key}' must be true or false, got {v!r}")
     return record
+
+
+def _rejected_values(value: Any, key: str, m: int, where: str) -> list:
+    """The values of a per-answer field: one for a chosen field, M for a rejected one (a list of M, or one value for M = 1)."""
+    if not key.startswith(("rejected", "ref_rejected")):
+        if isinstance(value, list):
+            raise RecordError(f"{where} must be a single value, got a list")
+        return [value]
+    if isinstance(value, list) and len(value) != m:
+        raise RecordError(f"{where} holds {len(value)} values for {m} rejected answers; give one per answer")
+    if not isinstance(value, list) and m != 1:
+        raise RecordError(f"{where} must be a list of {m} values, one per rejected answer")
+    return per_answer(value)
 
 
 def has_reference(record: dict) -> bool:
@@ -181,17 +236,34 @@ class TokenizedPair:
     token what the chat template renders for the chosen conversation. `chosen_unproduced` marks
     the end-of-turn tokens of chosen answers cut at max_new_tokens (None: there are none): the model
     never generated them, so not even the whole-sequence NLL (nll_mode=full) trains them.
+
+    One rejected answer (M = 1): `rejected` / `rejected_mask` are one branch's ids / mask and
+    `ref_rejected_logp` a number. M > 1: each is a list of M of those (`rejected_branches()`).
     """
 
     id: str
     prefix: list[int]
     chosen: list[int]
     chosen_mask: list[bool]
-    rejected: list[int]
-    rejected_mask: list[bool]
+    rejected: list[int] | list[list[int]]
+    rejected_mask: list[bool] | list[list[bool]]
     ref_chosen_logp: float | None = None
-    ref_rejected_logp: float | None = None
+    ref_rejected_logp: float | list[float] | None = None
     chosen_unproduced: list[bool] | None = None
+
+    @property
+    def num_rejected(self) -> int:
+        return len(self.rejected) if self.rejected and isinstance(self.rejected[0], list) else 1
+
+    def rejected_branches(self) -> list[tuple[list[int], list[bool]]]:
+        """(ids, response mask) of each rejected branch, M of them."""
+        if self.num_rejected == 1 and not isinstance(self.rejected[0], list):
+            return [(self.rejected, self.rejected_mask)]
+        return list(zip(self.rejected, self.rejected_mask))
+
+    def ref_rejected(self) -> list[float] | None:
+        """The M rejected answers' reference log-probs (None: not computed)."""
+        return None if self.ref_rejected_logp is None else per_answer(self.ref_rejected_logp)
 
 
 def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -257,41 +329,47 @@ def tokenize_short(tokenizer: Any, chunk: str, question: str, answer: str, cut: 
     return tokenize_conversation(tokenizer, messages, frozenset({1}) if cut else frozenset())
 
 
-def cut_messages(turns: list[dict], branch: str) -> frozenset[int]:
-    """Indices, in `conversation(...)`, of the branch's answers marked cut (turn i's answer is message 2i+1)."""
-    return frozenset(2 * i + 1 for i, turn in enumerate(turns) if turn.get(f"{branch}_cut"))
+def cut_messages(turns: list[dict], branch: str, j: int = 0) -> frozenset[int]:
+    """Indices, in `conversation(...)`, of the branch's answers marked cut (turn i's answer is message 2i+1);
+    for "rejected", those of answer j."""
+    key = f"{branch}_cut"
+    return frozenset(2 * i + 1 for i, turn in enumerate(turns)
+                     if turn.get(key) is not None and per_answer(turn[key])[j])
 
 
 def tokenize_pair(tokenizer: Any, record: dict) -> TokenizedPair:
-    """Tokenise both branches of a record and split off their common prefix.
+    """Tokenise the chosen branch and the M rejected ones of a record and split off their common prefix.
 
-    The prefix ends at the first response token (or earlier, where the two renderings differ),
-    so every response token of both branches lies in its branch.
+    The prefix ends at the first response token (or earlier, where the renderings differ), so
+    every response token of every branch lies in its branch.
     """
-    turns = record["turns"]
+    turns, m = record["turns"], num_rejected(record)
     chosen_ids, chosen_mask, chosen_never = tokenize_turns(
         tokenizer, conversation(record["document"], turns, "chosen"), cut_messages(turns, "chosen"))
-    rejected_ids, rejected_mask = tokenize_conversation(
-        tokenizer, conversation(record["document"], turns, "rejected"), cut_messages(turns, "rejected"))
-    limit = min(chosen_mask.index(True) if True in chosen_mask else len(chosen_ids),
-                rejected_mask.index(True) if True in rejected_mask else len(rejected_ids))
+    rejected = [tokenize_conversation(tokenizer, conversation(record["document"], turns, "rejected", j),
+                                      cut_messages(turns, "rejected", j)) for j in range(m)]
+    branches = [(chosen_ids, chosen_mask), *rejected]
+    limit = min(mask.index(True) if True in mask else len(ids) for ids, mask in branches)
     p = 0
-    while p < limit and chosen_ids[p] == rejected_ids[p]:
+    while p < limit and all(ids[p] == chosen_ids[p] for ids, _ in rejected):
         p += 1
     if p == 0:
         raise RecordError(f"record {record['id']!r}: chosen and rejected share no prompt tokens")
-    if not any(chosen_mask[p:]) or not any(rejected_mask[p:]):
+    if not all(any(mask[p:]) for _, mask in branches):
         raise RecordError(f"record {record['id']!r}: an answer tokenises to no response token")
-    ref_c = sum(t["ref_chosen_logp"] for t in turns) if has_reference(record) else None
-    ref_r = sum(t["ref_rejected_logp"] for t in turns) if has_reference(record) else None
+    ref_c = ref_r = None
+    if has_reference(record):
+        ref_c = sum(t["ref_chosen_logp"] for t in turns)
+        ref_r = [sum(per_answer(t["ref_rejected_logp"])[j] for t in turns) for j in range(m)]
+    single = m == 1  # one rejected answer keeps the flat fields, as before lists were allowed
     return TokenizedPair(
         id=record["id"],
         prefix=chosen_ids[:p],
         chosen=chosen_ids[p:],
         chosen_mask=chosen_mask[p:],
         chosen_unproduced=chosen_never[p:] if any(chosen_never) else None,
-        rejected=rejected_ids[p:],
-        rejected_mask=rejected_mask[p:],
+        rejected=rejected[0][0][p:] if single else [ids[p:] for ids, _ in rejected],
+        rejected_mask=rejected[0][1][p:] if single else [mask[p:] for _, mask in rejected],
         ref_chosen_logp=ref_c,
-        ref_rejected_logp=ref_r,
+        ref_rejected_logp=(None if ref_r is None else ref_r[0] if single else ref_r),
     )

@@ -3,10 +3,10 @@
     longpo reference input=pairs.jsonl output=pairs.ref.jsonl model=/models/Mistral-7B-Instruct-v0.2
 
 For every turn, the frozen ORIGINAL model (its own config: no RoPE override) scores the chosen and
-the rejected answer given the SHORT prompt [chunk; question] alone:
+the rejected answer(s) given the SHORT prompt [chunk; question] alone:
 
     ref_chosen_logp   = log pi_S(chosen   | [chunk; question])   (summed over response tokens)
-    ref_rejected_logp = log pi_S(rejected | [chunk; question])
+    ref_rejected_logp = log pi_S(rejected | [chunk; question])   (a list of M for M rejected answers)
 
 Computed once here, training needs no reference model. Records already holding both values are
 kept as they are unless `overwrite=true`. Output rows are appended as they are computed; after a
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from longpo.backends import BACKENDS, DEFAULT_BACKEND, backend_names, backend_spec, make_backend
 from longpo.config import config_to_dict, help_field, write_resolved_config
 from longpo.data.record_table import RecordTable
-from longpo.data.records import tokenize_short
+from longpo.data.records import per_answer, tokenize_short
 from longpo.data.released import is_released
 from longpo.data.released_reference import run_released
 from longpo.errors import InputError
@@ -90,8 +90,9 @@ def check_rerun(cfg: Config, local_model: bool) -> None:
 
 
 def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = False
-                       ) -> tuple[list[tuple[int, int, str]], list[list[int]], list[list[bool]]]:
-    """(record, turn, field) slots to fill and their short sequences / response masks."""
+                       ) -> tuple[list[tuple[int, int, str, int | None]], list[list[int]], list[list[bool]]]:
+    """(record, turn, field, answer) slots to fill and their short sequences / response masks; answer is
+    j for rejected answer j of a list, None for a single answer."""
     slots, sequences, masks = [], [], []
     for r, record in enumerate(records):
         for t, turn in enumerate(record["turns"]):
@@ -99,20 +100,29 @@ def reference_requests(tokenizer: Any, records: list[dict], overwrite: bool = Fa
                 field = f"ref_{branch}_logp"
                 if turn.get(field) is not None and not overwrite:
                     continue
-                ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], turn[branch],
-                                           bool(turn.get(f"{branch}_cut")))
-                slots.append((r, t, field))
-                sequences.append(ids)
-                masks.append(mask)
+                answers = per_answer(turn[branch])
+                cuts = per_answer(turn.get(f"{branch}_cut"))
+                for j, text in enumerate(answers):
+                    cut = bool(cuts[j] if len(cuts) == len(answers) else cuts[0])
+                    ids, mask = tokenize_short(tokenizer, turn["chunk"], turn["question"], text, cut)
+                    slots.append((r, t, field, j if isinstance(turn[branch], list) else None))
+                    sequences.append(ids)
+                    masks.append(mask)
     return slots, sequences, masks
 
 
 def add_reference_logps(backend: Any, tokenizer: Any, records: list[dict], overwrite: bool = False) -> list[dict]:
-    """Fill `ref_chosen_logp` / `ref_rejected_logp` of every turn (in place; returns the records)."""
+    """Fill `ref_chosen_logp` / `ref_rejected_logp` of every turn, every rejected answer (in place; returns the records)."""
     slots, sequences, masks = reference_requests(tokenizer, records, overwrite)
     if slots:
-        for (r, t, field), value in zip(slots, backend.score(sequences, masks)):
-            records[r]["turns"][t][field] = float(value)
+        for (r, t, field, j), value in zip(slots, backend.score(sequences, masks)):
+            turn = records[r]["turns"][t]
+            if j is None:
+                turn[field] = float(value)
+            else:
+                if j == 0:
+                    turn[field] = [None] * len(turn["rejected"])
+                turn[field][j] = float(value)
     return records
 
 

@@ -184,6 +184,10 @@ class ReleasedRecords:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def rejected_counts(self) -> dict[int, str]:
+        """M (rejected answers per turn) -> where the first record with it is: the released sets hold one."""
+        return {1: f"{self.path} row 0"}
+
     def __getitem__(self, index: int) -> TokenizedPair:
         return released_pair(self.dataset[index], index, self.path)
 

@@ -182,7 +182,8 @@ class ReleasedPreset:
     def parse_questions(self, cfg: object, reply: str) -> list[str]:
         return parse_questions(reply)
 
-    def usable_questions(self, cfg: object, found: list[str], chunk: str, stats: dict) -> list[str]:
+    def usable_questions(self, cfg: object, found: list[str], chunk: str, stats: dict,
+                         earlier: list[str]) -> list[str]:  # the released scripts ask about each chunk alone
         if len(found) != NUM_QUESTIONS:  # the released rule: exactly the 4 asked
             stats["questions_unparsable"] += 1
             stats["turns_without_question"][f"questions_not_{NUM_QUESTIONS}"] += 1

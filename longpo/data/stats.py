@@ -28,6 +28,7 @@ def new_stats(drop_reasons: tuple[str, ...] = ()) -> dict:
             "questions_parsed": 0, "questions_unparsable": 0, "questions_found": 0, "questions_dropped": Counter(),
             "turns_without_question": Counter(), "generated": Counter(), "truncated": Counter(),
             "trimmed": Counter(), "kept_cut": Counter(), "finish_unknown": Counter(), "seconds": Counter(), "pairs_kept": 0,
+            "rejected_kept": 0, "rejected_discarded": Counter(),
             "dropped": Counter(dict.fromkeys(drop_reasons, 0)), "chosen_equals_rejected": 0, "records": 0, "tokens": 0,
             "answer_tokens": Counter(), "reference": Counter(),
             "hist": {name: Counter() for name in HISTOGRAMS}}
@@ -56,23 +57,30 @@ def stats_json(stats: dict) -> dict:
 
 
 def add_reference_stats(stats: dict, records: list[dict]) -> None:
-    """Chosen vs rejected reference log-probs of every turn holding both (tokens from meta.answer_tokens)."""
+    """Chosen vs rejected reference log-probs of every turn holding both (tokens from meta.answer_tokens), one
+    pair per rejected answer."""
     ref = stats["reference"]
     for record in records:
         counts = (record.get("meta") or {}).get("answer_tokens") or []
         for turn, (n_chosen, n_rejected) in zip(record["turns"], counts):
-            c, r = turn.get("ref_chosen_logp"), turn.get("ref_rejected_logp")
-            if c is None or r is None or not n_chosen or not n_rejected:
+            c, rs = turn.get("ref_chosen_logp"), turn.get("ref_rejected_logp")
+            if c is None or rs is None:
                 continue
-            ref["pairs"] += 1
-            ref["chosen_logp"] += c
-            ref["rejected_logp"] += r
-            ref["chosen_tokens"] += n_chosen
-            ref["rejected_tokens"] += n_rejected
-            ref["chosen_logp_per_token"] += c / n_chosen
-            ref["rejected_logp_per_token"] += r / n_rejected
-            ref["chosen_wins_sum"] += int(c > r)
-            ref["chosen_wins_per_token"] += int(c / n_chosen > r / n_rejected)
+            for r, n_r in zip(*(v if isinstance(v, list) else [v] for v in (rs, n_rejected))):  # M answers
+                _add_reference_pair(ref, c, r, n_chosen, n_r)
+
+
+def _add_reference_pair(ref: Counter, c: float, r: float, n_chosen: int, n_rejected: int) -> None:
+    if n_chosen and n_rejected:
+        ref["pairs"] += 1
+        ref["chosen_logp"] += c
+        ref["rejected_logp"] += r
+        ref["chosen_tokens"] += n_chosen
+        ref["rejected_tokens"] += n_rejected
+        ref["chosen_logp_per_token"] += c / n_chosen
+        ref["rejected_logp_per_token"] += r / n_rejected
+        ref["chosen_wins_sum"] += int(c > r)
+        ref["chosen_wins_per_token"] += int(c / n_chosen > r / n_rejected)
 
 
 def _share(part: float, whole: float) -> str:
@@ -102,9 +110,13 @@ def summary(stats: dict) -> str:
         f"chosen == rejected {s['chosen_equals_rejected']}",
     ]
     kept, lengths = s["pairs_kept"], s.get("answer_tokens", {})
+    rejected = s.get("rejected_kept") or kept  # rejected answers kept (M per turn); older stats: one per turn
+    if rejected != kept or s.get("rejected_discarded"):
+        lines.append(f"rejected answers kept {rejected} ({rejected / max(kept, 1):.1f} per turn), draws discarded "
+                     f"{ {k: v for k, v in s.get('rejected_discarded', {}).items() if v} }")
     if kept:
         lines.append(f"answer tokens, mean: chosen {lengths.get('chosen', 0) / kept:.1f}, rejected "
-                     f"{lengths.get('rejected', 0) / kept:.1f}")
+                     f"{lengths.get('rejected', 0) / rejected:.1f}")
     ref = s.get("reference", {})
     if ref.get("pairs"):
         n = ref["pairs"]

@@ -56,7 +56,7 @@ class Config:
     train_file: str | None = help_field(None, "preference records (JSONL / Parquet file or folder) or a released "
                                               "tokenized set (save_to_disk folder / Parquet, found by its "
                                               "columns); built in output_dir when model is 'tiny'")
-    max_length: int = help_field(131072, "longest sequence (prefix + longer answer) trained on")
+    max_length: int = help_field(131072, "longest sequence (prefix + longest answer) trained on")
     skip_overlong: bool = help_field(True, "skip and count longer pairs (their ids are logged); false: raise")
     pairs_per_micro_batch: int = help_field(1, "pairs packed into one row per forward")
     gradient_accumulation_steps: int = help_field(8, "micro-batches per rank per optimizer step")

@@ -21,6 +21,7 @@ from typing import Any
 from longpo.data.records import RecordError, TokenizedPair, tokenize_pair
 from longpo.errors import InputError
 from longpo.train.config import Config
+from longpo.train.losses import LossMode
 from longpo.train.packing import PackedBatch, pack_pairs
 
 
@@ -43,8 +44,8 @@ def rank_share(order: list[int], step_in_epoch: int, pairs_per_step: int, rank: 
 
 
 def sequence_length(pair: TokenizedPair) -> int:
-    """The longest sequence the model sees for this pair: the prefix plus the longer branch."""
-    return len(pair.prefix) + max(len(pair.chosen), len(pair.rejected))
+    """The longest sequence the model sees for this pair: the prefix plus the longest branch."""
+    return len(pair.prefix) + max(len(pair.chosen), *(len(ids) for ids, _ in pair.rejected_branches()))
 
 
 @dataclass
@@ -66,7 +67,7 @@ def tokenize_share(tokenizer: Any, records: list[dict | TokenizedPair], max_leng
             skipped.append((pair.id, length))
         else:
             raise RecordError(
-                f"record {pair.id!r}: {length} tokens (prefix + longer answer) exceeds max_length={max_length}; "
+                f"record {pair.id!r}: {length} tokens (prefix + longest answer) exceeds max_length={max_length}; "
                 f"raise max_length, drop the record, or set skip_overlong=true to skip and count such records"
             )
     return pairs, skipped
@@ -95,8 +96,24 @@ def no_pair_fits(num_records: int, lengths: list[int], max_length: int) -> str:
         return f"no pair to train on: {num_records} record(s), none read within max_length={max_length}"
     seen = "" if len(lengths) == num_records else f" ({len(lengths)} of them read)"
     return (f"no pair fits max_length={max_length}: {num_records} record(s){seen}, pair lengths {min(lengths)}.."
-            f"{max(lengths)} tokens (prefix + longer answer); max_length >= {min(lengths)} trains the shortest, "
+            f"{max(lengths)} tokens (prefix + longest answer); max_length >= {min(lengths)} trains the shortest, "
             f">= {max(lengths)} all of them")
+
+
+def check_rejected_answers(mode: LossMode, counts: dict[int, str]) -> int:
+    """M, the rejected answers per turn of every record, checked against the mode's `rejected` range; an
+    `InputError` naming the first record where the data mixes several M or the mode cannot take it."""
+    if len(counts) > 1:
+        (m1, w1), (m2, w2) = list(counts.items())[:2]
+        raise InputError(f"{w2}: a record with {m2} rejected answer(s) per turn, {w1} holds {m1}; a run packs one "
+                         f"number of rejected answers: train on files of one num_rejected")
+    if not counts:
+        return 1
+    (m, where), = counts.items()
+    reason = mode.refuse_rejected(m, where)
+    if reason:
+        raise InputError(reason)
+    return m
 
 
 def filler_pair(tokenizer: Any) -> TokenizedPair:

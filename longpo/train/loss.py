@@ -97,6 +97,27 @@ def combine_loss(
     return loss
 
 
+def answer_pairs(logps: PairLogps) -> PairLogps:
+    """M rejected answers as M pairs (record, j) sharing the chosen answer: chosen (P,) repeated to (P*M,),
+    rejected (P, M) flattened row by row; (P,) statistics pass unchanged. Gradients reach the chosen sums
+    once per pair it is in."""
+    m = branches(logps.rejected).shape[1]
+    if logps.rejected.dim() == 1:
+        return logps
+    repeat = lambda t: None if t is None else t.repeat_interleave(m)  # noqa: E731
+    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+    return PairLogps(chosen=repeat(logps.chosen), rejected=flat(logps.rejected),
+                     chosen_tokens=repeat(logps.chosen_tokens), rejected_tokens=flat(logps.rejected_tokens))
+
+
+def preference_keep(equal_answers: tuple[tuple[bool, ...], ...], per_answer: bool) -> list[bool]:
+    """Which preference terms carry a signal: per (record, j) when each rejected answer is its own pair (a
+    rejected answer equal to the chosen one gives a constant term), else per record (all M equal: constant)."""
+    if per_answer:
+        return [not equal for row in equal_answers for equal in row]
+    return [not all(row) for row in equal_answers]
+
+
 def select_pairs(pref: PreferenceOutput, keep: torch.Tensor) -> PreferenceOutput:
     """The pairs of `pref` that carry a preference signal (the step's preference means count these)."""
     return PreferenceOutput(losses=pref.losses[keep], chosen_rewards=pref.chosen_rewards[keep],

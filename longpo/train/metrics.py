@@ -32,8 +32,10 @@ class StepSums:
     correct: float = 0.0  # pairs whose chosen reward beats the rejected one
     tokens: float = 0.0  # packed tokens, padding and fillers excluded
     skipped: float = 0.0  # pairs of this step dropped for exceeding max_length
-    pref_pairs: float = 0.0  # pairs in the preference means: those whose chosen and rejected answers differ
-    equal_answers: float = 0.0  # pairs whose chosen and rejected answers are the same tokens (NLL only)
+    # pairs in the preference means (a pair: (record, rejected answer j), or a record for a mode with one term
+    # per record): those whose chosen and rejected answers differ
+    pref_pairs: float = 0.0
+    equal_answers: float = 0.0  # pairs left out: chosen and rejected answers the same tokens (NLL only)
 
     def add(self, loss: float, nll_sum: float, nll_tokens: int, pairs: int, tokens: int, pref: Any = None,
             equal_answers: int = 0) -> None:

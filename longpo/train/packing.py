@@ -6,12 +6,12 @@ One row holds several pairs back to back, each laid out as
 
 Positions of every branch continue from the prefix (p, p+1, ...), and the attention layout
 lets each branch see the prefix and itself only, so the row computes exactly what M+1 separate
-sequences `prefix + chosen`, `prefix + rejected_j` would, with the prefix paid for once.
-(`pack_pairs` packs records with one rejected answer, M = 1; the layout and the attention take any M.)
+sequences `prefix + chosen`, `prefix + rejected_j` would, with the prefix paid for once. Every
+pair of a row holds the same M (one M per run: the trainer refuses a file that mixes them).
 
 Log-probs are gathered at `targets`: entry n says "the hidden state at packed position
-`src[n]` predicts token `tgt[n]`", belonging to response slot `slot[n]` (2*pair for chosen,
-2*pair+1 for rejected, -1 for none) and counted in the NLL when `nll[n]`.
+`src[n]` predicts token `tgt[n]`", belonging to response slot `slot[n]` ((M+1)*pair for chosen,
+(M+1)*pair + j for rejected answer j = 1..M, -1 for none) and counted in the NLL when `nll[n]`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class SharedPrefixLayout:
 class LogpTargets:
     src: torch.Tensor  # (N,) packed position whose hidden state predicts the target
     tgt: torch.Tensor  # (N,) target token id
-    slot: torch.Tensor  # (N,) 2*pair (chosen) / 2*pair+1 (rejected) for response tokens, else -1
+    slot: torch.Tensor  # (N,) (M+1)*pair (chosen) / (M+1)*pair + j (rejected answer j) for response tokens, else -1
     nll: torch.Tensor  # (N,) bool, counted in the NLL
 
 
@@ -101,19 +101,20 @@ class PackedBatch:
     layout: SharedPrefixLayout
     targets: LogpTargets
     ref_chosen: torch.Tensor | None  # (P,)
-    ref_rejected: torch.Tensor | None  # (P,)
+    ref_rejected: torch.Tensor | None  # (P,) for M = 1, else (P, M)
     num_pairs: int
     num_nll_tokens: int
     num_tokens: int  # T without padding
     ids: tuple[str, ...] = ()
-    # per pair: True where the chosen and the rejected branch are the same tokens. Such a pair has equal
-    # policy (and reference) log-probs on both sides, so every preference loss is a constant of it with
-    # zero gradient; the trainer leaves it out of the preference mean and keeps its NLL.
-    equal_answers: tuple[bool, ...] = ()
+    # per pair, per rejected answer: True where the chosen and that rejected branch are the same tokens.
+    # Such a (pair, answer) has equal policy (and reference) log-probs on both sides, so its preference term
+    # is a constant with zero gradient; the trainer leaves it out of the preference mean, keeps the NLL.
+    equal_answers: tuple[tuple[bool, ...], ...] = ()
+    num_rejected: int = 1  # M, the same for every pair of the row
 
 
 def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int], list[int], list[int], list[bool]]:
-    """Targets of one pair at offset o; `slot` here is 0 (chosen) / 1 (rejected) / -1."""
+    """Targets of one pair at offset o; `slot` here is 0 (chosen) / j (rejected answer j, 1..M) / -1."""
     p, c = len(pair.prefix), len(pair.chosen)
     src, tgt, slot, nll = [], [], [], []
     # The chosen long sequence is contiguous: token j of prefix+chosen sits at o+j.
@@ -127,39 +128,56 @@ def _pair_targets(pair: TokenizedPair, o: int, nll_mode: str) -> tuple[list[int]
             tgt.append(chosen_seq[j])
             slot.append(0 if is_response[j] else -1)
             nll.append(in_nll)
-    # Rejected: its first token is predicted by the last prefix token, the rest inside the branch.
-    for j, (token, resp) in enumerate(zip(pair.rejected, pair.rejected_mask)):
-        if resp:
-            src.append(o + p - 1 if j == 0 else o + p + c + j - 1)
-            tgt.append(token)
-            slot.append(1)
-            nll.append(False)
+    # Rejected answer b: its first token is predicted by the last prefix token, the rest inside its branch.
+    start = o + p + c
+    for b, (ids, mask) in enumerate(pair.rejected_branches(), start=1):
+        for j, (token, resp) in enumerate(zip(ids, mask)):
+            if resp:
+                src.append(o + p - 1 if j == 0 else start + j - 1)
+                tgt.append(token)
+                slot.append(b)
+                nll.append(False)
+        start += len(ids)
     return src, tgt, slot, nll
+
+
+def rejected_count(pairs: list[TokenizedPair]) -> int:
+    """The M shared by `pairs`; a clear error where they differ (one row packs one M)."""
+    counts = sorted({p.num_rejected for p in pairs})
+    if len(counts) > 1:
+        raise ValueError(f"pairs with {counts} rejected answers in one batch ({[p.id for p in pairs]}): a batch "
+                         f"packs one number of rejected answers; give every record of the run the same M")
+    return counts[0]
 
 
 def pack_pairs(pairs: list[TokenizedPair], nll_mode: str = "full", pad_to_multiple_of: int = 1,
                pad_token_id: int = 0) -> PackedBatch:
-    """Pack pairs into one row with their layout, positions and log-prob targets."""
+    """Pack pairs (each with the same M rejected answers) into one row with their layout, positions and targets."""
     assert pairs, "pack_pairs needs at least one pair"
     assert nll_mode in NLL_MODES, f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}"
+    m = rejected_count(pairs)
     ids, positions, spans = [], [], []
     src, tgt, slot, nll = [], [], [], []
     for i, pair in enumerate(pairs):
-        o, p, c, r = len(ids), len(pair.prefix), len(pair.chosen), len(pair.rejected)
-        ids += pair.prefix + pair.chosen + pair.rejected
-        positions += list(range(p)) + list(range(p, p + c)) + list(range(p, p + r))
-        spans.append((o, p, c, r))
+        o, p, c = len(ids), len(pair.prefix), len(pair.chosen)
+        rejected = [r for r, _ in pair.rejected_branches()]
+        ids += pair.prefix + pair.chosen + [t for r in rejected for t in r]
+        positions += list(range(p)) + list(range(p, p + c)) + [k for r in rejected for k in range(p, p + len(r))]
+        spans.append((o, p, c, *(len(r) for r in rejected)))
         s, t, sl, n = _pair_targets(pair, o, nll_mode)
         src += s
         tgt += t
-        slot += [2 * i + k if k >= 0 else -1 for k in sl]
+        slot += [(m + 1) * i + k if k >= 0 else -1 for k in sl]
         nll += n
     num_tokens = len(ids)
     total = -(-num_tokens // pad_to_multiple_of) * pad_to_multiple_of
     ids += [pad_token_id] * (total - num_tokens)
     positions += list(range(total - num_tokens))
-    refs = [(p.ref_chosen_logp, p.ref_rejected_logp) for p in pairs]
-    has_ref = all(a is not None and b is not None for a, b in refs)
+    has_ref = all(p.ref_chosen_logp is not None and p.ref_rejected_logp is not None for p in pairs)
+    ref_rejected = None
+    if has_ref:
+        ref_rejected = torch.tensor([p.ref_rejected() for p in pairs], dtype=torch.float64)  # (P, M)
+        ref_rejected = ref_rejected[:, 0] if m == 1 else ref_rejected
     return PackedBatch(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),
@@ -170,13 +188,15 @@ def pack_pairs(pairs: list[TokenizedPair], nll_mode: str = "full", pad_to_multip
             slot=torch.tensor(slot, dtype=torch.long),
             nll=torch.tensor(nll, dtype=torch.bool),
         ),
-        ref_chosen=torch.tensor([a for a, _ in refs], dtype=torch.float64) if has_ref else None,
-        ref_rejected=torch.tensor([b for _, b in refs], dtype=torch.float64) if has_ref else None,
+        ref_chosen=torch.tensor([p.ref_chosen_logp for p in pairs], dtype=torch.float64) if has_ref else None,
+        ref_rejected=ref_rejected,
         num_pairs=len(pairs),
         num_nll_tokens=int(sum(nll)),
         num_tokens=num_tokens,
         ids=tuple(p.id for p in pairs),
-        equal_answers=tuple(p.chosen == p.rejected and p.chosen_mask == p.rejected_mask for p in pairs),
+        equal_answers=tuple(tuple(p.chosen == r and p.chosen_mask == mask for r, mask in p.rejected_branches())
+                            for p in pairs),
+        num_rejected=m,
     )
 
 

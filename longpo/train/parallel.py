@@ -180,18 +180,19 @@ def gather_stats(local: ForwardOutput, mesh: Mesh, num_nll_tokens: int | None = 
     """
     if mesh.sp_size == 1:
         return local
-    p = local.policy.chosen.shape[0]
-    flat = torch.cat([local.policy.chosen, local.policy.rejected, local.nll_sum.reshape(1)])  # (2P + 1,)
+    p, shape = local.policy.chosen.shape[0], local.policy.rejected.shape  # rejected: (P,) or (P, M)
+    r = local.policy.rejected.numel()
+    flat = torch.cat([local.policy.chosen, local.policy.rejected.reshape(-1), local.nll_sum.reshape(1)])  # (P + PM + 1,)
     total = _SumOverGroup.apply(flat, mesh.sp_group)
     # the response token counts (length-normalised losses) and the NLL count, in one collective
-    counts = torch.cat([local.policy.chosen_tokens, local.policy.rejected_tokens,
+    counts = torch.cat([local.policy.chosen_tokens, local.policy.rejected_tokens.reshape(-1),
                         torch.tensor([local.nll_tokens], device=flat.device)]).to(torch.long)
     dist.all_reduce(counts, group=mesh.sp_group)
     if num_nll_tokens is None:
-        num_nll_tokens = int(counts[2 * p].item())
-    return ForwardOutput(policy=PairLogps(chosen=total[:p], rejected=total[p : 2 * p], chosen_tokens=counts[:p],
-                                          rejected_tokens=counts[p : 2 * p]),
-                         nll_sum=total[2 * p], nll_tokens=num_nll_tokens)
+        num_nll_tokens = int(counts[p + r].item())
+    return ForwardOutput(policy=PairLogps(chosen=total[:p], rejected=total[p : p + r].view(shape),
+                                          chosen_tokens=counts[:p], rejected_tokens=counts[p : p + r].view(shape)),
+                         nll_sum=total[p + r], nll_tokens=num_nll_tokens)
 
 
 def forward_pairs_parallel(model: Any, batch: PackedBatch, mesh: Mesh, chunk_size: int | None = None,

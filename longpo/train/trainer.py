@@ -8,8 +8,9 @@
 One optimizer step, read top to bottom in `Trainer.train_step`:
   1. fetch ALL micro-batches of the step (`data.py`: exactly `gradient_accumulation_steps` per
      rank, weight-0 fillers where a rank's share ran short);
-  2. sum the step's NLL-token and pair counts over data-parallel ranks (pairs whose chosen and rejected
-     answers are equal carry no preference gradient: out of the preference mean, NLL kept);
+  2. sum the step's NLL-token and pair counts over data-parallel ranks (a record with M rejected answers
+     is M pairs (record, j), or one for a mode that averages them, `LossMode.per_answer`; pairs whose
+     chosen and rejected answers are equal carry no preference gradient: out of the preference mean, NLL kept);
   3. for every micro-batch: forward (`PairModel`, the one place the model runs), loss =
      `combine_loss(sums, GLOBAL counts)`, stop on a non-finite loss on every rank together (before
      any backward: DeepSpeed steps inside the last one), backward;
@@ -56,6 +57,7 @@ from longpo.train.checkpoint import (
 )
 from longpo.train.config import TINY, Config  # there, so `longpo train` checks it before torch loads
 from longpo.train.data import (
+    check_rejected_answers,
     check_some_pair_fits,
     epoch_order,
     filler_pair,
@@ -66,7 +68,7 @@ from longpo.train.data import (
     tokenize_share,
 )
 from longpo.train.launch import make_accelerator, prepare_reference
-from longpo.train.loss import PairLogps, combine_loss, select_pairs
+from longpo.train.loss import PairLogps, answer_pairs, combine_loss, preference_keep, select_pairs
 from longpo.train.losses import LONG_PROMPT, MODES, SHORT_PROMPT, LossMode
 from longpo.train.metrics import MetricsWriter, StepSums
 from longpo.train.model import PairModel, check_policy, load_policy
@@ -112,6 +114,7 @@ class Trainer:
         self.filler = filler_pair(self.tokenizer)
         self.mode: LossMode = MODES[cfg.loss]  # the trainer asks the mode; it never compares loss names
         self.records = open_records(cfg.train_file, require_reference=self.mode.reference == SHORT_PROMPT)
+        check_rejected_answers(self.mode, self.records.rejected_counts())
         # Before any model loads: a run in which no pair fits max_length would export the start model unchanged.
         if not check_some_pair_fits(self.tokenizer, self.records, cfg.max_length, STARTUP_SCAN):
             logger.warning(f"the first {STARTUP_SCAN} records are all over max_length={cfg.max_length}; if no pair "
@@ -195,11 +198,11 @@ class Trainer:
         step's metric sums over data-parallel ranks (the ranks of an SP group hold the same sample)."""
         cfg, accelerator = self.cfg, self.accelerator
         real = [mb for mb in micro if mb.weight > 0]
+        mode = self.mode
         counts = torch.tensor([sum(mb.batch.num_nll_tokens for mb in real), sum(mb.batch.num_pairs for mb in real),
-                               sum(mb.batch.num_pairs - sum(mb.batch.equal_answers) for mb in real)],
+                               sum(sum(preference_keep(mb.batch.equal_answers, mode.per_answer)) for mb in real)],
                               dtype=torch.float64, device=accelerator.device)
         nll_tokens, num_pairs, pref_pairs = reduce_sum(counts, self.mesh).tolist()
-        mode = self.mode
         lam = cfg.lam if mode.preference else 0.0
         sums = StepSums(skipped=skipped)
         if num_pairs == 0:  # every pair of the step was over max_length on every rank: no forward, no update
@@ -209,10 +212,15 @@ class Trainer:
             batch = batch_to(mb.batch, accelerator.device)
             with accelerator.accumulate(self.module):
                 out = self.module(batch)
-                pref, pref_sum = None, out.nll_sum.new_zeros(())
+                pref, pref_sum, left_out = None, out.nll_sum.new_zeros(()), 0
                 if mode.preference:
-                    pref = mode.losses(out.policy, self.reference_logps(batch), cfg.beta, cfg.margin)
-                    keep = ~torch.tensor(batch.equal_answers, dtype=torch.bool, device=pref.losses.device)
+                    policy, reference = out.policy, self.reference_logps(batch)
+                    if mode.per_answer:  # M rejected answers: M pairs (record, j) sharing the chosen answer
+                        policy, reference = answer_pairs(policy), reference and answer_pairs(reference)
+                    pref = mode.losses(policy, reference, cfg.beta, cfg.margin)
+                    keep = torch.tensor(preference_keep(batch.equal_answers, mode.per_answer), dtype=torch.bool,
+                                        device=pref.losses.device)
+                    left_out = int((~keep).sum())
                     # 0 * the whole sum keeps the graph when every pair of the micro-batch is left out
                     pref_sum = pref.losses[keep].sum() + 0.0 * pref.losses.sum()
                     pref = select_pairs(pref, keep)
@@ -221,7 +229,7 @@ class Trainer:
                 accelerator.backward(loss * self.backward_scale)
             if mb.weight > 0:
                 sums.add(float(loss.detach()), float(out.nll_sum.detach()), out.nll_tokens, batch.num_pairs,
-                         batch.num_tokens, pref, equal_answers=sum(batch.equal_answers))
+                         batch.num_tokens, pref, equal_answers=left_out)
         return sums.reduce(self.mesh, accelerator.device)
 
     def check_finite(self, loss: torch.Tensor, micro: list) -> None:

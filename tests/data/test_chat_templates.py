@@ -123,7 +123,7 @@ def test_pair_without_a_shared_short_prefix_trains_and_scores_exactly(family):
     backend = HFBackend(model, tok, min_shared_prefix=4)
     scores = backend.score(sequences, masks)
     long_ids = pair.prefix + pair.chosen
-    for (_, t, field), ids, mask, score in zip(slots, sequences, masks, scores):
+    for (_, t, field, _), ids, mask, score in zip(slots, sequences, masks, scores):
         turn = rec["turns"][t]
         answer = turn[field.split("_")[1]]
         messages = [{"role": "user", "content": user_content(turn["chunk"], turn["question"])},

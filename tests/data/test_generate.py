@@ -268,3 +268,96 @@ def test_server_error_and_timeout_mid_run_change_nothing(tmp_path, tokenizer_dir
             server.close()
     assert outputs["flaky"][0] == outputs["calm"][0] and len(outputs["calm"][0]) == 4
     assert outputs["calm"][1] == 0 and outputs["flaky"][1] >= 2
+
+
+def test_num_rejected_2_samples_two_distinct_answers_per_turn_scored_and_trainable(tmp_path, tokenizer):
+    """num_rejected=2 on the tiny HF model: every kept turn holds 2 distinct rejected answers sampled on the
+    long document (answer j of turn 2 after answer j of turn 1), each with its exact short-prompt reference;
+    the stats count M answers per kept turn, and the records pack as M = 2 pairs."""
+    from longpo.data.records import tokenize_pair
+    from longpo.train.packing import pack_pairs
+
+    class Noting(ScriptedQuestions):
+        prompts: list = []
+
+        def generate(self, prompts, sampling):
+            self.prompts += prompts
+            return super().generate(prompts, sampling)
+
+    model = end_answers(build_tiny_model("llama", dtype=torch.float64, seed=7), tokenizer.eos_token_id)
+    backend = Noting(model, tokenizer)
+    cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 3)), output_dir=str(tmp_path / "o"),
+                                     num_rejected=2))
+    stats = generate(cfg, backend=backend, ref_backend=backend)
+    records = read_records(tmp_path / "o", require_reference=True)
+    turns = [t for r in records for t in r["turns"]]
+    assert turns and stats["pairs_kept"] == len(turns) and stats["rejected_kept"] == 2 * len(turns)
+    assert stats["dropped"]["too_few_rejected"] == stats["rejected_discarded"].get("duplicate_rejected", 0) == 0
+    for turn in turns:
+        assert len(turn["rejected"]) == 2 and turn["rejected"][0] != turn["rejected"][1]
+        for answer, ref in zip(turn["rejected"], turn["ref_rejected_logp"]):
+            assert_close(ref, direct_logp(model, tokenizer, turn["chunk"], turn["question"], answer),
+                         rtol=1e-12, atol=1e-10)
+    multi = [r for r in records if len(r["turns"]) == 2]
+    assert multi, "no two-turn record to check the branches on"
+    long_prompts = [p for p in backend.prompts if multi[0]["document"] in p and multi[0]["turns"][1]["question"] in p]
+    for j in range(2):  # turn 2 of branch j follows answer j of turn 1
+        assert sum(multi[0]["turns"][0]["rejected"][j] in p for p in long_prompts) == 1
+    batch = pack_pairs([tokenize_pair(tokenizer, r) for r in records])
+    assert batch.num_rejected == 2 and batch.ref_rejected.shape == (len(records), 2)
+    assert f"rejected answers kept {2 * len(turns)} (2.0 per turn)" in (tmp_path / "o" / "summary.txt").read_text()
+    from longpo.data.inspect import inspect_pairs
+
+    shown = inspect_pairs(tmp_path / "o", n=1, width=200)
+    assert "rejected 1 of 2 (ref log-prob" in shown and "rejected 2 of 2 (ref log-prob" in shown
+
+
+def test_a_turn_without_m_distinct_rejected_answers_is_dropped_and_counted(tmp_path, tokenizer_dir):
+    """A server whose answer depends on the prompt alone (not the seed) gives one answer however often it
+    is asked: with num_rejected=2 every draw after the first repeats it, is discarded as duplicate_rejected,
+    redrawn for rejected_retries rounds, and the turn is dropped as too_few_rejected."""
+    server = LoopbackServer(canned())
+    try:
+        backend = OpenAIBackend("served", tokenizer_dir, base_url=server.url, backoff=0.01)
+        cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 2)),
+                                         output_dir=str(tmp_path / "o"), num_rejected=2, rejected_retries=1))
+        stats = generate(cfg, backend=backend, ref_backend=backend)
+    finally:
+        server.close()
+    # the project preset stops a document at its first dropped turn: one first turn per document
+    assert stats["pairs_kept"] == stats["records"] == 0
+    assert stats["dropped"]["too_few_rejected"] == 2
+    assert stats["rejected_discarded"]["duplicate_rejected"] == 2 * 2  # answer 2, in each of the 2 rounds
+    assert stats["generated"]["rejected"] == 2 * (2 + 1)  # per turn: 2 draws, then 1 more round for answer 2
+
+
+def test_num_rejected_above_1_needs_sampling():
+    with pytest.raises(ValueError, match="num_rejected=3 needs rejected_temperature > 0"):
+        build_config(Config, small(corpus="c.jsonl", num_rejected=3, rejected_temperature=0.0))
+
+
+def test_near_duplicate_questions_within_a_document_are_dropped_and_counted(tmp_path, tokenizer):
+    """Turn 2 is asked the same questions as turn 1 (reworded): the project preset drops the ones that
+    near-duplicate turn 1's question (content-word overlap above filters.max_question_overlap) and counts
+    them; at overlap 1 (disabled) nothing is dropped."""
+    from longpo.data.filters import question_overlap
+
+    assert question_overlap("What is the main idea of the passage?", "What is the main idea of this text?") == 1.0
+    assert question_overlap("Who wrote the book?", "Which river is named?") == 0.0
+    reworded = "1. What is the city here?\n2. What city is it?\n3. Which city is it?\n4. What is the city?"
+
+    class SameQuestions(Recorder):
+        def generate(self, prompts, sampling):
+            return [reworded if MARK in p else text for p, text in zip(prompts, super().generate(prompts, sampling))]
+
+    outputs = {}
+    for overlap in (0.7, 1.0):
+        cfg = build_config(Config, small(corpus=str(write_corpus(tmp_path / "c.jsonl", 2)),
+                                         output_dir=str(tmp_path / f"o{overlap}"),
+                                         filters={**small()["filters"], "max_question_overlap": overlap}))
+        outputs[overlap] = generate(cfg, backend=SameQuestions(tokenizer, "m"), ref_backend=SameQuestions(tokenizer, "m"))
+    strict, off = outputs[0.7], outputs[1.0]
+    assert strict["questions_dropped"]["near_duplicate_question"] == 2 * 4  # turn 2's four, in both documents
+    assert strict["turns_without_question"]["near_duplicate_questions_only"] == 2
+    assert strict["pairs_kept"] == 2 and off["pairs_kept"] == 4
+    assert off["questions_dropped"].get("near_duplicate_question", 0) == 0

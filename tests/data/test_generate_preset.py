@@ -29,7 +29,7 @@ class OneQuestion:
     def parse_questions(self, cfg, reply):
         return [line.strip() for line in reply.splitlines() if line.strip().endswith("?")]
 
-    def usable_questions(self, cfg, found, chunk, stats):
+    def usable_questions(self, cfg, found, chunk, stats, earlier):
         stats["questions_parsed"] += bool(found)
         return found[:1]
 

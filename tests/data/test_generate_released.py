@@ -241,3 +241,42 @@ def test_prompts_key_is_checked():
         Config(**base, prompts="paper")
     with pytest.raises(ValueError, match=r"question_template, filters.min_words apply to prompts=project"):
         build_config(Config, {**base, "prompts": "released", "question_template": "small", "filters": {"min_words": 5}})
+
+
+@pytest.mark.parametrize("prompts", ["project", "released"])
+def test_num_rejected_3_under_either_preset_keeps_the_turns_of_m_1_with_three_sampled_answers(tmp_path, tokenizer,
+                                                                                              prompts):
+    """num_rejected=3 through each preset: the same turns as num_rejected=1 are kept, each with 3 distinct
+    rejected answers, drawn at rejected_temperature with 3 seeds (the backend interface alone: the sampling
+    each call carries)."""
+    seen = []
+
+    class Seeded(Scripted):
+        def generate(self, prompts, sampling):
+            out = super().generate(prompts, sampling)
+            if any(self.kind_and_doc(p)[0] == "rejected" for p in prompts):
+                seen.append((sampling.seed, sampling.temperature))
+                return [f"{text[:-1]} draw {sampling.seed}." for text in out]
+            return out
+
+    def run_seeded(name, **extra):
+        corpus = tmp_path / "c.jsonl"
+        if not corpus.exists():
+            write_corpus(corpus, 2)
+        values = small(corpus=str(corpus), output_dir=str(tmp_path / name), prompts=prompts) | extra
+        del values["num_turns"]
+        values["filters"] = {}
+        return generate(build_config(Config, values), backend=Seeded(tokenizer, corpus, plain),
+                        ref_backend=Seeded(tokenizer, corpus, plain)), read_records(tmp_path / name)
+
+    one_stats, ones = run_seeded("one")
+    seen.clear()
+    stats, threes = run_seeded("three", num_rejected=3, rejected_temperature=0.8)
+    assert [(r["id"], [t["question"] for t in r["turns"]]) for r in threes] == \
+           [(r["id"], [t["question"] for t in r["turns"]]) for r in ones]
+    assert stats["pairs_kept"] == one_stats["pairs_kept"] and stats["rejected_kept"] == 3 * stats["pairs_kept"]
+    assert sorted({s for s, _ in seen}) == [0, 1, 2] and {t for _, t in seen} == {0.8}
+    for record in threes:
+        for turn in record["turns"]:
+            assert [a.rsplit(" ", 1)[1] for a in turn["rejected"]] == ["0.", "1.", "2."]
+            assert turn["chosen"] in [x["chosen"] for r in ones if r["id"] == record["id"] for x in r["turns"]]

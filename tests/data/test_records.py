@@ -71,3 +71,52 @@ def test_invalid_json_line_and_duplicate_ids(tmp_path):
 def test_missing_reference_is_named_when_required(tmp_path):
     with pytest.raises(RecordError, match=r"'turns\[0\].ref_chosen_logp' is missing; run `longpo reference`"):
         read_records(_write(tmp_path, [make_record("r0")]), require_reference=True)
+
+
+def _several(rid: str, m: int = 3, n_turns: int = 2, seed: int = 0) -> dict:
+    record = make_record(rid, n_turns=n_turns, seed=seed)
+    for t, turn in enumerate(record["turns"]):
+        turn["rejected"] = [turn["rejected"]] + [f"Maybe {j} or {t}." for j in range(1, m)]
+        turn["ref_rejected_logp"] = [-1.0 - j - t for j in range(m)]
+        turn["ref_chosen_logp"] = -0.5 - t
+        turn["rejected_cut"] = [j == m - 1 for j in range(m)]
+    return record
+
+
+def test_records_with_m_rejected_answers_round_trip_jsonl_and_parquet(tmp_path, tokenizer):
+    """Lists of M rejected answers (and their reference values and cut flags) read back unchanged from
+    JSONL and Parquet; rejected branch j answers with answer j at every turn, its references summed."""
+    import datasets
+
+    rows = [_several(f"r{i}", seed=i) for i in range(3)]
+    assert read_records(_write(tmp_path, rows)) == rows
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "pairs.parquet"))
+    back = read_records(tmp_path / "pairs.parquet")
+    assert back == rows
+    pair = tokenize_pair(tokenizer, back[0])
+    assert pair.num_rejected == 3 and pair.ref_rejected() == [-3.0, -5.0, -7.0]
+    for j, (ids, mask) in enumerate(pair.rejected_branches()):
+        full_ids, _ = tokenize_conversation(tokenizer, conversation(rows[0]["document"], rows[0]["turns"], "rejected", j))
+        assert pair.prefix + ids == full_ids
+        answers = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        end = "" if j == 2 else "<|end|>"  # answer 2 is cut: no end-of-turn label
+        assert answers == "".join(turn["rejected"][j] + end for turn in rows[0]["turns"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["turns"][1].update(rejected=["a b c", "d e f"]),
+         r"pairs.jsonl:2 \(id='r1'\): field 'turns\[1\].rejected' holds 2 answers, turn 0 holds 3"),
+        (lambda r: r["turns"][0]["rejected"].__setitem__(1, " "), r"field 'turns\[0\].rejected\[1\]' is empty"),
+        (lambda r: r["turns"][0].update(ref_rejected_logp=[-1.0, -2.0]),
+         r"pairs.jsonl:2 \(id='r1'\): field 'turns\[0\].ref_rejected_logp' holds 2 values for 3 rejected answers"),
+        (lambda r: r["turns"][0].update(rejected_cut=True), r"field 'turns\[0\].rejected_cut' must be a list of 3"),
+        (lambda r: r["turns"][0].update(rejected=[]), r"field 'turns\[0\].rejected' is an empty list"),
+    ],
+)
+def test_bad_lists_of_rejected_answers_name_file_line_and_field(tmp_path, mutate, message):
+    bad = _several("r1")
+    mutate(bad)
+    with pytest.raises(RecordError, match=message):
+        read_records(_write(tmp_path, [_several("r0"), bad]))

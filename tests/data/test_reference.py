@@ -37,6 +37,24 @@ def test_reference_equals_direct_forward(tokenizer, model):
                 assert_close(turn[f"ref_{branch}_logp"], expected, rtol=1e-12, atol=1e-10)
 
 
+def test_reference_scores_every_one_of_m_rejected_answers(tokenizer, model):
+    """M = 3 rejected answers: `ref_rejected_logp` is a list of M, value j the short-prompt score of answer
+    j (the records then validate with require_reference and train)."""
+    from longpo.data.records import validate_record
+
+    records = [make_record(f"r{i}", n_turns=2, seed=i) for i in range(2)]
+    for rec in records:
+        for t, turn in enumerate(rec["turns"]):
+            turn["rejected"] = [turn["rejected"], f"Perhaps {t} vaults.", "The code is short."]
+    add_reference_logps(HFBackend(model, tokenizer), tokenizer, records)
+    for rec in records:
+        validate_record(rec, rec["id"], require_reference=True)
+        for turn in rec["turns"]:
+            expected = [direct_logp(model, tokenizer, turn["chunk"], turn["question"], a) for a in turn["rejected"]]
+            assert len(turn["ref_rejected_logp"]) == 3
+            assert_close(turn["ref_rejected_logp"], expected, rtol=1e-12, atol=1e-10)
+
+
 class CountingBackend(HFBackend):
     calls = 0
 

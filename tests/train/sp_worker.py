@@ -45,6 +45,7 @@ class Case:
     pairs: int = 2  # pairs packed per sample
     odd_length: bool = False  # make the row length not a multiple of sp
     steps: int = 1  # > 1: optimizer steps, compare weights
+    rejected: int = 1  # M rejected answers per turn (rejected log-probs (P, M) when M > 1)
 
 
 SUITES = {
@@ -54,6 +55,7 @@ SUITES = {
         Case("qwen2-sp2-9heads-oddlen", "qwen2", 9, 3, 72, n_turns=2, odd_length=True),
         Case("qwen2-sp2-kv1", "qwen2", 3, 1, 48, n_turns=1),
         Case("llama-sp2-3steps", "llama", 4, 2, 64, n_turns=2, steps=3),
+        Case("mistral-sp2-2rejected-oddlen", "mistral", 4, 2, 48, n_turns=2, odd_length=True, rejected=2),
     ],
     "sp4": [
         Case("llama-sp4-multiturn", "llama", 4, 2, 64, n_turns=2, sp=4),
@@ -83,9 +85,12 @@ def make_samples(case: Case, tokenizer, step: int):
         pairs = []
         for i in range(case.pairs):
             record = make_record(f"s{s}p{i}", n_turns=case.n_turns, doc_words=30 + 7 * i + 5 * s, seed=rng.randrange(10**6))
-            for turn in record["turns"]:
+            for t, turn in enumerate(record["turns"]):
                 turn["ref_chosen_logp"] = -rng.uniform(20, 80)
                 turn["ref_rejected_logp"] = -rng.uniform(20, 80)
+                if case.rejected > 1:
+                    turn["rejected"] = [turn["rejected"]] + [f"Maybe {j + 3 * t} codes." for j in range(1, case.rejected)]
+                    turn["ref_rejected_logp"] = [-rng.uniform(20, 80) for _ in range(case.rejected)]
             pairs.append(tokenize_pair(tokenizer, record))
         batch = pack_pairs(pairs, case.nll_mode)
         t = batch.input_ids.shape[1]
@@ -94,6 +99,7 @@ def make_samples(case: Case, tokenizer, step: int):
         if not case.odd_length and t % case.sp:
             batch = pack_pairs(pairs, case.nll_mode, pad_to_multiple_of=case.sp)
         assert (batch.input_ids.shape[1] % case.sp != 0) == case.odd_length, f"{case.name}: row length setup"
+        assert batch.num_rejected == case.rejected, f"{case.name}: {batch.num_rejected} rejected answers packed"
         out.append(batch)
     return out
 

@@ -283,3 +283,102 @@ def test_a_pair_with_equal_answers_leaves_the_preference_mean_and_is_counted(tmp
     assert with_equal["loss"] == pytest.approx(without["loss"], rel=1e-9)
     assert with_equal["pref_loss"] == pytest.approx(without["pref_loss"], rel=1e-9)
     assert with_equal["grad_norm"] == pytest.approx(without["grad_norm"], rel=1e-7)
+
+
+def _train_one_step(tmp_path, name: str, records: list, **overrides) -> dict:
+    import json
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    from longpo.toy.run import tiny_run_paths
+    from longpo.train.trainer import Config, Trainer
+
+    model_dir, _ = tiny_run_paths(str(tmp_path))
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    cfg = dict(model=str(model_dir), train_file=str(path), output_dir=str(tmp_path / name), max_steps=1,
+               pairs_per_micro_batch=len(records), gradient_accumulation_steps=1, progress_bar=False,
+               optimizer="sgd", learning_rate=1e-2, warmup_ratio=0.0, max_length=4096, dtype="float64")
+    return Trainer(Config(**(cfg | overrides))).train()["last"]
+
+
+@pytest.mark.parametrize("loss", ["longpo", "dpo"])
+def test_m_rejected_answers_train_as_m_pairs_sharing_the_chosen_one(tmp_path, loss):
+    """longpo (precomputed short-prompt reference) and dpo (a frozen copy on the long prompt, run on the
+    packed (P, M) row), no NLL, on records holding M = 2 rejected answers per turn takes the same step as on the 2M
+    records that each hold one of them: M pairs (record, j) sharing the chosen answer, each in the preference
+    mean. A rejected answer equal to the chosen one leaves its (record, j) out and is counted."""
+    import copy
+    import json
+
+    from longpo.toy.run import prepare_tiny_run, tiny_run_paths
+
+    prepare_tiny_run(str(tmp_path), 3)
+    records = [json.loads(line) for line in tiny_run_paths(str(tmp_path))[1].read_text().splitlines()]
+    donor = records[2]["turns"]
+    several, single = [], []
+    for r, record in enumerate(records[:2]):
+        record = copy.deepcopy(record)
+        for t, turn in enumerate(record["turns"]):
+            other = donor[t % len(donor)]
+            second = (turn["chosen"], turn["ref_chosen_logp"]) if r == 1 else (other["rejected"], other["ref_rejected_logp"])
+            turn["rejected"], turn["ref_rejected_logp"] = ([turn["rejected"], second[0]],
+                                                           [turn["ref_rejected_logp"], second[1]])
+        several.append(record)
+        for j in range(2):
+            one = copy.deepcopy(record)
+            one["id"] = f"{record['id']}-{j}"
+            for turn in one["turns"]:
+                turn["rejected"], turn["ref_rejected_logp"] = turn["rejected"][j], turn["ref_rejected_logp"][j]
+            single.append(one)
+    common = dict(nll_weight=0.0, lam=1.0, beta=0.5, loss=loss)
+    many = _train_one_step(tmp_path, "several", several, **common)
+    ones = _train_one_step(tmp_path, "single", single, **common)
+    assert many["pairs"] == 2 and ones["pairs"] == 4  # records
+    assert many["equal_answer_pairs"] == ones["equal_answer_pairs"] == 1  # record 1's second answer
+    for key in ("loss", "pref_loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy"):
+        assert many[key] == pytest.approx(ones[key], rel=1e-9), key
+    assert many["grad_norm"] == pytest.approx(ones["grad_norm"], rel=1e-7)
+    if loss == "longpo":  # logo averages the M answers inside one term per record: record 1 keeps its term
+        assert _train_one_step(tmp_path, "logo", several, loss="logo")["equal_answer_pairs"] == 0
+
+
+def test_a_mode_refuses_data_outside_its_rejected_range_at_load(tmp_path, monkeypatch):
+    """A mode that takes one rejected answer refuses records holding two, in one line naming the record's
+    file:line, M, the mode and what to do; a file mixing M = 1 and M = 2 is refused for every mode."""
+    import json
+    from dataclasses import replace
+
+    from longpo.errors import InputError
+    from longpo.toy.run import prepare_tiny_run, tiny_run_paths
+
+    prepare_tiny_run(str(tmp_path), 2)
+    records = [json.loads(line) for line in tiny_run_paths(str(tmp_path))[1].read_text().splitlines()]
+    for turn in records[1]["turns"]:
+        turn["rejected"], turn["ref_rejected_logp"] = [turn["rejected"], turn["chosen"]], [-1.0, -2.0]
+    monkeypatch.setitem(MODES, "one-only", replace(MODES["simpo"], name="one-only", rejected=(1, 1)))
+    with pytest.raises(InputError, match=r"two\.jsonl:1: records with 2 rejected answer\(s\) per turn, "
+                                         r"loss=one-only takes 1\.\.1; regenerate with num_rejected"):
+        _train_one_step(tmp_path, "two", [records[1]], loss="one-only")
+    with pytest.raises(InputError, match=r"mixed\.jsonl:2: a record with 2 rejected answer\(s\) per turn, .*mixed"
+                                         r"\.jsonl:1 holds 1; a run packs one number"):
+        _train_one_step(tmp_path, "mixed", records)
+
+
+@pytest.mark.parametrize("name", [n for n, m in MODES.items() if m.preference])
+def test_an_answer_equal_to_the_chosen_one_gives_no_preference_gradient(name):
+    """The claim behind leaving equal pairs out (docs/stages/generate.md): when the rejected answer is the
+    chosen one, policy and reference log-probs are the same on both sides, and every mode's preference
+    loss has zero gradient with respect to them (a constant of the pair); a different answer has some."""
+    mode = MODES[name]
+    theta = torch.tensor([-7.0, -11.0], dtype=F64, requires_grad=True)  # log pi of two different answers
+    tokens = torch.tensor([3, 3])
+    ref = PairLogps(chosen=torch.tensor([-6.0], dtype=F64), rejected=torch.tensor([-6.0], dtype=F64))
+    for rejected, zero in ((theta[0], True), (theta[1], False)):
+        policy = PairLogps(chosen=theta[:1], rejected=rejected.reshape(1), chosen_tokens=tokens[:1],
+                           rejected_tokens=tokens[:1])
+        out = mode.losses(policy, ref, mode.defaults.beta, mode.defaults.margin)
+        (grad,) = torch.autograd.grad(out.losses.sum(), theta)
+        assert (grad.abs().max() == 0) == zero, f"{name}: gradient {grad.tolist()} for rejected {'=' if zero else '!='} chosen"

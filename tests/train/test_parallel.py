@@ -93,9 +93,10 @@ def test_longpo_train_with_sp_size_2_equals_one_process(tmp_path):
 @pytest.mark.slow
 def test_sp2_equals_one_process(tmp_path):
     """sp 2: Llama / Mistral / Qwen2, 1 and 2 turns, 9 heads on 2 ranks, kv heads < sp, odd row length,
-    3 AdamW steps; loss, every metric and every gradient match one process."""
+    3 AdamW steps, M = 2 rejected answers per turn ((P, M) log-probs gathered); loss, every metric and every
+    gradient match one process."""
     report = _torchrun(2, "sp2", tmp_path)
-    assert len(report) == 5, f"cases run: {sorted(report)}"
+    assert len(report) == 6, f"cases run: {sorted(report)}"
     assert report["llama-sp2-3steps"]["weight"] < 1e-10, report
 
 

@@ -6,7 +6,10 @@ A mode is a small frozen object (one file per mode in this folder, listed in `MO
 - `reference`: where the reference log-probs come from. SHORT_PROMPT: the frozen original model on
   the short prompt, precomputed in the records (`longpo reference`); LONG_PROMPT: a frozen copy of the
   initial policy on the long prompt, run every step; NO_REFERENCE: none.
-- `rejected`: how many rejected answers per turn it uses, (least, most); most None: any number M.
+- `rejected`: how many rejected answers per turn it uses, (least, most); most None: any number M. The
+  trainer refuses data outside the range at load (a mode without a preference term reads none).
+- `per_answer`: True: M rejected answers are M pairs (record, j) sharing the chosen answer, each a term
+  of the preference mean (and of its metrics); False: one term per record over all M (LOGO's average).
 - `defaults`: beta, lam, nll_weight, nll_mode and margin when the config leaves them unset.
 - `metrics`: the step metrics it reports besides loss, nll and the counts.
 - `losses(policy, reference, beta, margin)`: the per-pair preference losses and detached rewards
@@ -54,9 +57,19 @@ class LossMode:
     defaults: Defaults
     losses: Callable[..., Any] | None  # (policy, reference, beta, margin) -> PreferenceOutput; None: NLL only
     metrics: tuple[str, ...] = REWARD_METRICS
+    per_answer: bool = True  # M rejected answers: M pairs (record, j) in the preference mean; False: one per record
     source: str = ""  # paper and official code it was written from; where it differs on purpose
 
     @property
     def preference(self) -> bool:
         """Whether the mode has a preference term (rewards, lam) at all."""
         return self.losses is not None
+
+    def refuse_rejected(self, m: int, where: str) -> str | None:
+        """Why data with M rejected answers per turn (first at `where`) cannot train this mode; None: it can."""
+        least, most = self.rejected
+        if not self.preference or (least <= m and (most is None or m <= most)):
+            return None
+        wanted = f"{least}..{most}" if most is not None else f"at least {least}"
+        return (f"{where}: records with {m} rejected answer(s) per turn, loss={self.name} takes {wanted}; "
+                f"regenerate with num_rejected in that range, or choose a loss mode that takes {m}")

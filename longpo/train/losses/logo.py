@@ -36,6 +36,7 @@ MODE = LossMode(
     # (the llama2 script uses beta 3, 0.2; the mistral one beta 2.5, 0.1); its CE is over the chosen answer.
     defaults=Defaults(beta=10.0, lam=1.0, nll_weight=0.1, nll_mode="responses", margin=3.0),
     losses=losses,
+    per_answer=False,  # the M answers are averaged inside one term: a record is one preference pair
     source="arXiv 2410.18533; ZetangForward/LCM_Stack training/logo_train.py. The official forward slices the "
            "rejected log-probs as all_logps[len_chosen:] (both rejected answers) where [2*len_chosen:] (the second) "
            "is meant; here each rejected answer is its own branch, so rejected j is always answer j",
