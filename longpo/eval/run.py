@@ -42,8 +42,8 @@ OUTPUTS = ("predictions", "summary.json", "summary.csv", "summary.md", "resolved
 
 
 def section(cfg: Config, name: str) -> Any:
-    """A suite's settings: its own section of the config, else `suites.<name>` (a dict)."""
-    return getattr(cfg, name) if hasattr(cfg, name) else cfg.suites.setdefault(name, {})
+    """A suite's settings: its own section of the config, else `suites.<name>` (a dict; {} when not set)."""
+    return getattr(cfg, name) if hasattr(cfg, name) else cfg.suites.get(name, {})
 
 
 def check_rerun(cfg: Config) -> None:
@@ -81,13 +81,11 @@ def check_registered(cfg: Config) -> None:
     own = [name for name in cfg.suites if hasattr(cfg, name)]
     if own:
         raise InputError(f"suites.{own[0]}: {own[0]!r} has a section of its own; set {own[0]}.* instead")
-    unknown = [f"{f.name}.enabled=true" for f in dataclasses.fields(cfg)
-               if getattr(getattr(cfg, f.name), "enabled", False) is True and f.name not in TASK_SUITES]
-    unknown += [f"suites.{name}" for name in cfg.suites if name not in TASK_SUITES]
-    if unknown:
-        name = unknown[0].split(".")[1 if unknown[0].startswith("suites.") else 0]
-        raise InputError(f"{unknown[0]}: no task suite {name!r} is registered here ({sorted(TASK_SUITES)}); a suite "
-                         "registers itself in longpo.eval.tasks.TASK_SUITES (the demo's: longpo.demo.extensions)")
+    enabled = [f.name for f in dataclasses.fields(cfg) if getattr(getattr(cfg, f.name), "enabled", False) is True]
+    for key, name in [(f"{n}.enabled=true", n) for n in enabled] + [(f"suites.{n}", n) for n in cfg.suites]:
+        if name not in TASK_SUITES:
+            raise InputError(f"{key}: no task suite {name!r} is registered here ({sorted(TASK_SUITES)}); a suite "
+                             "registers itself in longpo.eval.tasks.TASK_SUITES (the demo's: longpo.demo.extensions)")
 
 
 def check_inputs(cfg: Config) -> None:
@@ -165,7 +163,8 @@ def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
     for name, suite in active_suites(cfg).items():
         if suite.once:
             continue
-        for into, built in ((tasks, suite.build(section(cfg, name), fmt)), (after, suite.build_after(section(cfg, name), fmt))):
+        settings = section(cfg, name)
+        for into, built in ((tasks, suite.build(settings, fmt)), (after, suite.build_after(settings, fmt))):
             for item in built:
                 (skipped if isinstance(item, Skipped) else into).append(item)
     return tasks, after, skipped
