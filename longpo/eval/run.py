@@ -1,13 +1,12 @@
-"""`longpo eval`: every enabled task suite of `TASK_SUITES` on one model - the built-in ones (long-context
-benchmarks, short-context tasks through lm-eval, LLM-judged chat benchmarks: docs/stages/eval.md) and any
-a user registers.
+"""`longpo eval`: every enabled task suite of `TASK_SUITES` on one model - the built-in benchmarks
+(docs/stages/eval.md lists them; `--help` below shows their sections) and any a user registers.
 
     longpo eval --config eval_tiny model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
 
 Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes
 from them), `summary.{json,csv,md}` (each suite's tables), `resolved_config.yaml`, and what a suite
-writes beside them (a heatmap, lm-eval's raw results, a judged benchmark's answers and judgements).
+writes beside them (its figures, an outside harness's raw results, a judged benchmark's answers).
 
 The stage asks each suite (longpo/eval/tasks/base.py) what it reads, which lengths it needs, which tasks
 it builds or what it runs; it names none of them.
