@@ -35,8 +35,8 @@ from longpo.data.generate import generate  # noqa: E402
 from longpo.data.records import read_records  # noqa: E402
 from longpo.data.reference import Config as ReferenceConfig  # noqa: E402
 from longpo.data.reference import run as run_reference  # noqa: E402
-from longpo.eval.run import Config as EvalConfig  # noqa: E402
-from longpo.eval.run import InfiniteBenchConfig, RulerConfig  # noqa: E402
+from longpo.eval.config import Config as EvalConfig  # noqa: E402
+from longpo.eval.config import InfiniteBenchConfig, RulerConfig  # noqa: E402
 from longpo.eval.run import main as run_eval  # noqa: E402
 from longpo.train.trainer import Config as TrainConfig  # noqa: E402
 from longpo.train.trainer import train  # noqa: E402

@@ -287,6 +287,7 @@ def parse_config(stage: str, config_cls: type, path: str | None, overrides: list
 
 def run_stage(stage: str, argv: list[str]) -> int:
     """Parse a stage's config from argv, then import the stage and run its `main(cfg)` (or a sub-command)."""
+    register_toy()  # the toy's tiny run and eval suite, through the engine's extension points (`eval compare` too)
     if argv and (stage, argv[0]) in SUBCOMMANDS:
         return SUBCOMMANDS[stage, argv[0]](argv[1:])
     config_cls = importlib.import_module(STAGES[stage].config).Config
@@ -295,7 +296,6 @@ def run_stage(stage: str, argv: list[str]) -> int:
         print(stage_help(stage, config_cls, module_doc(STAGES[stage].module)))
         return 0
     cfg = parse_config(stage, config_cls, config, overrides)
-    register_toy()  # the toy's tiny run and eval task, through the engine's extension points
     return int(importlib.import_module(STAGES[stage].module).main(cfg) or 0)
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from longpo.eval.config import toy_length_label
+from longpo.eval.tables import fmt, md_table
 from longpo.eval.tasks import TASK_SUITES
+from longpo.eval.tasks.base import TaskSuite
 from longpo.train.config import TINY
 from longpo.train.runs import BUILT_RUNS
 
@@ -31,13 +34,27 @@ class TinyRun:
         return tiny_run_paths(output_dir)
 
 
-class ToySuite:
+class ToySuite(TaskSuite):
+    """The toy's fact lookup (config section `toy`): one task per length, and its accuracy per length."""
+
     def build(self, section: Any, fmt: Any) -> list:
         """One fact-lookup task per length (the short one first, when `toy.short`)."""
         from longpo.toy.task import SHORT, FactQA
 
         lengths = ([SHORT] if section.short else []) + section.lengths
         return [FactQA(fmt.tokenizer, length, section.num_samples, section.seed) for length in lengths]
+
+    def summarise(self, results: list[dict], ran: Any) -> dict[str, Any]:
+        toy = {toy_length_label(r["length"]): r["score"] for r in results}
+        return {"toy": toy} if toy else {}
+
+    def markdown(self, summary: dict) -> list[str]:
+        if "toy" not in summary:
+            return []
+        return ["## Toy fact lookup", md_table(list(summary["toy"]), [[fmt(v) for v in summary["toy"].values()]])]
+
+    def headline(self, summary: dict) -> dict[str, float | None]:
+        return {f"fact QA {key}": value for key, value in summary.get("toy", {}).items()}
 
 
 def register() -> None:

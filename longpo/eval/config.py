@@ -187,6 +187,8 @@ class Config:
     mt_bench: MTBenchConfig = help_field(default_factory=MTBenchConfig, help="MT-Bench (LLM judge) settings")
     longbench_chat: LongBenchChatConfig = help_field(default_factory=LongBenchChatConfig,
                                                      help="LongBench-Chat (LLM judge) settings")
+    suites: dict = help_field({}, "settings of registered task suites that have no section here, by suite name "
+                                  "(e.g. suites.my_suite.enabled=true; docs/stages/eval.md, Adding a task suite)")
     judge: JudgeConfig = help_field(default_factory=JudgeConfig, help="judge endpoint of mt_bench / longbench_chat / helmet.judge")
     overwrite: bool = help_field(False, "start over in out_dir: remove this stage's outputs there first; "
                                         "without it a rerun must use the same settings")
@@ -199,3 +201,11 @@ class Config:
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})")
         backend_spec(self.backend)  # an unknown name is refused here, before torch loads
+        bad = [k for k, v in self.suites.items() if not isinstance(v, dict)]
+        if bad:
+            raise ValueError(f"suites.{bad[0]} must be a mapping of that suite's settings, e.g. suites.{bad[0]}.enabled=true")
+
+    @property
+    def sampling_seed(self) -> int:
+        """The seed of sampled decoding (temperature > 0): ruler.seed, as it has always been (no key of its own)."""
+        return self.ruler.seed

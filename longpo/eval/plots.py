@@ -9,7 +9,7 @@ from longpo.files import save_figure
 
 
 def plot_niah_heatmap(grid: dict, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Draw `grid` (from `report.depth_grid`: depths, lengths, scores[depth][length]) to a PNG, atomically."""
+    """Draw `grid` (from `suites.ruler.depth_grid`: depths, lengths, scores[depth][length]) to a PNG, atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +17,7 @@ def plot_niah_heatmap(grid: dict, path: str | os.PathLike, title: str | None = N
     import numpy as np
     from matplotlib.colors import LinearSegmentedColormap
 
-    from longpo.eval.report import length_label
+    from longpo.eval.tables import length_label
 
     scores = np.array([[np.nan if v is None else v for v in row] for row in grid["scores"]], dtype=float)
     cmap = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])

@@ -1,17 +1,20 @@
-"""`longpo eval`: RULER, InfiniteBench, HELMET recall / RAG, LongBench v2, short-context tasks and LLM-judged
-MT-Bench / LongBench-Chat.
+"""`longpo eval`: every enabled task suite of `TASK_SUITES` on one model - the built-in benchmarks
+(docs/stages/eval.md lists them; `--help` below shows their sections) and any a user registers.
 
     longpo eval --config eval_tiny model=runs/ckpt out_dir=runs/eval/ckpt
     longpo eval compare runs/eval/base runs/eval/longpo
 
 Outputs in `out_dir`: `predictions/<suite>/.../<task>.jsonl` (one line per example; a rerun resumes
-from them), `summary.{json,csv,md}` in the paper's layout, `niah_depth.png` when the depth sweep is
-on, `short/<task>.json` (raw lm-eval results), `mt_bench/` and `longbench_chat/` (answers.jsonl and
-judgements.jsonl, both resumable; summary.json) and `resolved_config.yaml`.
+from them), `summary.{json,csv,md}` (each suite's tables), `resolved_config.yaml`, and what a suite
+writes beside them (its figures, an outside harness's raw results, a judged benchmark's answers).
+
+The stage asks each suite (longpo/eval/tasks/base.py) what it reads, which lengths it needs, which tasks
+it builds or what it runs; it names none of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,71 +24,49 @@ from longpo.backends import backend_spec
 from longpo.backends.base import Sampling
 from longpo.config import write_resolved_config
 from longpo.errors import InputError
-from longpo.eval.config import (  # noqa: F401 (re-exported; there, `longpo eval` checks it before torch loads)
-    PAPER_LENGTHS,
-    RULER_TASKS,
-    Config,
-    HelmetConfig,
-    InfiniteBenchConfig,
-    LongBenchV2Config,
-    RulerConfig,
-    ShortConfig,
-    ToyConfig,
-)
-from longpo.eval.fitting import PromptFormat, PromptTooLong
-from longpo.eval.haystack import DataMissing
-from longpo.eval.judge import JudgeClient
-from longpo.eval.judged import run_judged
-from longpo.eval.plots import plot_niah_heatmap
+from longpo.eval.config import Config  # there, `longpo eval` checks its config before torch loads
+from longpo.eval.fitting import PromptFormat
 from longpo.eval.report import summarize, write_summary
 from longpo.eval.runner import evaluate
-from longpo.eval.tasks import TASK_SUITES, helmet
-from longpo.eval.tasks.helmet_icl import ICLTask
-from longpo.eval.tasks.helmet_longqa import LongQATask
-from longpo.eval.tasks.helmet_narrativeqa import NarrativeQATask
-from longpo.eval.tasks.helmet_narrativeqa import judge_result as narrativeqa_judge
-from longpo.eval.tasks.helmet_rerank import RerankTask
-from longpo.eval.tasks.infinitebench import DEFAULT_FILES, InfiniteBenchTask
-from longpo.eval.tasks.longbench_v2 import LongBenchV2Task
-from longpo.eval.tasks.ruler import RulerData, RulerTask
+from longpo.eval.tasks import TASK_SUITES
+from longpo.eval.tasks.base import EvalContext, Skipped
 from longpo.families import check_model_folder
 from longpo.fingerprint import guard, identity, remove
 from longpo.models import load_tokenizer as load_local_tokenizer
 from longpo.models import max_positions
 
-# Keys that do not change the predictions (a rerun with other values resumes; helmet.judge=true on a finished
-# run judges its saved NarrativeQA predictions).
-FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff",
-                      "helmet.judge")
-OUTPUTS = ("predictions", "short", "summary.json", "summary.csv", "summary.md", "niah_depth.png",
-           "resolved_config.yaml", "helmet_narrativeqa_judge.jsonl")
+# Keys that do not change the predictions (a rerun with other values resumes), besides each suite's `exempt`.
+FINGERPRINT_EXEMPT = ("out_dir", "progress", "judge.concurrency", "judge.timeout", "judge.max_retries", "judge.backoff")
+OUTPUTS = ("predictions", "summary.json", "summary.csv", "summary.md", "resolved_config.yaml")
+
+
+def section(cfg: Config, name: str) -> Any:
+    """A suite's settings: its own section of the config, else `suites.<name>` (a dict; {} when not set)."""
+    return getattr(cfg, name) if hasattr(cfg, name) else cfg.suites.get(name, {})
 
 
 def check_rerun(cfg: Config) -> None:
     """A rerun into out_dir resumes only with the same settings and inputs (longpo.fingerprint)."""
-    r, ib, s = cfg.ruler, cfg.infinitebench, cfg.short
-    paths = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
-             "infinitebench.data_dir": ib.data_dir, "short.include_path": s.include_path,
-             "longbench_v2.data": cfg.longbench_v2.data, "helmet.data_dir": cfg.helmet.data_dir,
-             **{f"helmet.files.{k}": v for k, v in cfg.helmet.files.items()},
-             **{f"helmet.demos.{k}": v for k, v in cfg.helmet.demos.items()},
-             **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
-             **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
+    paths = {k: v for name, suite in TASK_SUITES.items() for k, v in suite.inputs(section(cfg, name)).items()}
     if backend_spec(cfg.backend).local_model:
         paths |= {"model": cfg.model}
     inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
-    guard("eval", cfg.out_dir, cfg, FINGERPRINT_EXEMPT, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, OUTPUTS))
+    exempt = FINGERPRINT_EXEMPT + tuple(f"{name}.{key}" for name, suite in TASK_SUITES.items() for key in suite.exempt)
+    if not cfg.suites:  # absent from runs made before the key existed: they still resume
+        exempt += ("suites",)
+    outputs = OUTPUTS + tuple(o for suite in TASK_SUITES.values() for o in suite.outputs)
+    guard("eval", cfg.out_dir, cfg, exempt, inputs, cfg.overwrite, lambda: remove(cfg.out_dir, outputs))
 
 
-def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any, judged: dict) -> None:
+def check_ran(cfg: Config, results: list[dict], skipped: list[dict], ran: dict) -> None:
     """Exit non-zero (after the summary is written) when a task whose data was given could not read it
-    (an InfiniteBench file missing from data_dir), or when nothing at all ran. RULER tasks whose data is
-    neither configured nor installed are only listed as skipped (docs/stages/eval.md, Offline data)."""
+    (`Skipped(missing=True)`: a file missing from a configured folder), or when nothing at all ran. Tasks
+    whose data is neither configured nor installed are only listed as skipped (docs/stages/eval.md)."""
     missing = [s["task"] for s in skipped if s.get("missing")]
     if missing:
         raise InputError(f"{cfg.out_dir}: requested task(s) {missing} could not run: their data files are "
                          f"missing (see the Skipped section of summary.md); fix the paths and rerun")
-    if not results and short is None and not judged and cfg.num_shards == 1:  # a shard may hold no task
+    if not results and not ran and cfg.num_shards == 1:  # a shard may hold no task
         raise InputError(f"{cfg.out_dir}: no task ran ({len(skipped)} skipped: "
                          f"{'; '.join(s['task'] + ': ' + s['reason'] for s in skipped)[:400]}); enable a task "
                          f"or give its data")
@@ -94,30 +75,33 @@ def check_ran(cfg: Config, results: list[dict], skipped: list[dict], short: Any,
 # ---------------------------------------------------------------------------------------------
 
 
+def check_registered(cfg: Config) -> None:
+    """An enabled section, or a `suites.<name>`, needs a suite registered under its name."""
+    own = [name for name in cfg.suites if hasattr(cfg, name)]
+    if own:
+        raise InputError(f"suites.{own[0]}: {own[0]!r} has a section of its own; set {own[0]}.* instead")
+    enabled = [f.name for f in dataclasses.fields(cfg) if getattr(getattr(cfg, f.name), "enabled", False) is True]
+    for key, name in [(f"{n}.enabled=true", n) for n in enabled] + [(f"suites.{n}", n) for n in cfg.suites]:
+        if name not in TASK_SUITES:
+            raise InputError(f"{key}: no task suite {name!r} is registered here ({sorted(TASK_SUITES)}); a suite "
+                             "registers itself in longpo.eval.tasks.TASK_SUITES (the demo's: longpo.demo.extensions)")
+
+
 def check_inputs(cfg: Config) -> None:
-    """Fail before loading anything when the checkpoint or the target lengths are wrong."""
+    """Fail before loading anything when the checkpoint, a suite's input or a target length is wrong."""
     check_model_folder(cfg.model, cfg.backend)  # the folder and its family (nothing for an OpenAI server)
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
-    r, ib = cfg.ruler, cfg.infinitebench
-    given = {"ruler.essays": r.essays, "ruler.squad": r.squad, "ruler.hotpotqa": r.hotpotqa,
-             "infinitebench.data_dir": ib.data_dir, **{f"infinitebench.files.{k}": v for k, v in ib.files.items()},
-             "longbench_v2.data": cfg.longbench_v2.data, "helmet.data_dir": cfg.helmet.data_dir,
-             **{f"helmet.files.{k}": v for k, v in cfg.helmet.files.items()},
-             **{f"helmet.demos.{k}": v for k, v in cfg.helmet.demos.items()}}
+    check_registered(cfg)
+    given = {k: v for name, suite in TASK_SUITES.items() if suite.inputs_checked
+             for k, v in suite.inputs(section(cfg, name)).items()}
     absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
     if absent:
         raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
     limit = max_positions(cfg.model) if backend_spec(cfg.backend).local_model else None
     if limit is None or cfg.allow_beyond_max_positions:
         return
-    wanted = {f"ruler.lengths={n}": n for n in (cfg.ruler.lengths if cfg.ruler.enabled else [])}
-    if cfg.infinitebench.enabled and (cfg.infinitebench.data_dir is not None or cfg.infinitebench.files):
-        wanted[f"infinitebench.max_length={cfg.infinitebench.max_length}"] = cfg.infinitebench.max_length
-    if helmet_files(cfg):
-        wanted[f"helmet.max_length={cfg.helmet.max_length}"] = cfg.helmet.max_length
-    if cfg.longbench_v2.enabled and cfg.longbench_v2.data:
-        wanted[f"longbench_v2.max_length={cfg.longbench_v2.max_length}"] = cfg.longbench_v2.max_length
+    wanted = {k: n for name, suite in TASK_SUITES.items() for k, n in suite.lengths(section(cfg, name)).items()}
     too_long = [k for k, n in wanted.items() if n > limit]
     if too_long:
         raise InputError(f"{', '.join(too_long)}: the model at {cfg.model} holds at most {limit} tokens "
@@ -131,25 +115,7 @@ def skip_beyond_max_positions(cfg: Config) -> list[dict]:
     if limit is None:
         return []
     reason = f"longer than the model's max_position_embeddings ({limit})"
-    skipped = [{"task": f"ruler/{n}/{name}", "reason": reason}
-               for n in cfg.ruler.lengths if n > limit for name in cfg.ruler.tasks] if cfg.ruler.enabled else []
-    cfg.ruler.lengths = [n for n in cfg.ruler.lengths if n <= limit]
-    if cfg.ruler.enabled and not cfg.ruler.lengths:
-        cfg.ruler.enabled = False
-    ib = cfg.infinitebench
-    if ib.enabled and ib.max_length > limit and (ib.data_dir is not None or ib.files):
-        skipped += [{"task": f"infinitebench/{name}", "reason": f"infinitebench.max_length={ib.max_length} is "
-                     + reason} for name in ib.tasks]
-        ib.enabled = False
-    if helmet_files(cfg) and cfg.helmet.max_length > limit:
-        skipped += [{"task": f"helmet/{name}", "reason": f"helmet.max_length={cfg.helmet.max_length} is " + reason}
-                    for name in helmet_files(cfg)]
-        cfg.helmet.enabled = False
-    lb = cfg.longbench_v2
-    if lb.enabled and lb.data and lb.max_length > limit:
-        skipped.append({"task": "longbench_v2/0shot", "reason": f"longbench_v2.max_length={lb.max_length} is " + reason})
-        lb.enabled = False
-    return skipped
+    return [s for name, suite in TASK_SUITES.items() for s in suite.skip_beyond(section(cfg, name), limit, reason)]
 
 
 class LazyBackend:
@@ -183,92 +149,29 @@ def make_backend(cfg: Config) -> Any:
     return backends.make_backend(cfg.backend, model=cfg.model, tokenizer=cfg.tokenizer, **cfg.backend_args)
 
 
-GIVEN_DATA = ("infinitebench/", "longbench_v2/", "helmet/")
-# a HELMET category (or a task whose class differs from its category's) -> its task class, each built from the
-# helmet.* keys by its own `from_config`
-HELMET_KINDS = {"recall": helmet.HelmetTask, "rag": helmet.HelmetTask, "rerank": RerankTask, "icl": ICLTask,
-                "longqa": LongQATask, "narrativeqa": NarrativeQATask}
-
-
-def helmet_files(cfg: Config) -> dict[str, tuple[Path, Path | None]]:
-    """HELMET task -> (test file, demo file) for the enabled tasks whose test file is given; the rest do not run."""
-    h = cfg.helmet
-    if not h.enabled:
-        return {}
-    root = Path(h.data_dir) if h.data_dir else None
-    out = {}
-    for name in h.tasks:
-        path = h.files.get(name) or (root / helmet.DEFAULT_FILES[name] if root else None)
-        if path is None:
-            continue
-        demo = h.demos.get(name) or (root / helmet.DEFAULT_DEMOS[name] if root and name in helmet.DEFAULT_DEMOS else None)
-        out[name] = (Path(path), Path(demo) if demo else None)
-    return out
+def active_suites(cfg: Config) -> dict[str, Any]:
+    """The suites with something to run in this job (a self-running one only in the summary run)."""
+    return {name: suite for name, suite in TASK_SUITES.items()
+            if suite.runs(section(cfg, name)) and (not suite.once or cfg.num_shards == 1)}
 
 
 def build_tasks(cfg: Config, fmt: Any) -> tuple[list, list, list[dict]]:
-    """(main tasks, depth-sweep tasks, skipped) - a task whose data or length does not work is skipped with its reason."""
-    tasks, sweep, skipped = [], [], []
-
-    def add(into: list, name: str, make) -> None:
-        try:
-            task = make()
-            if hasattr(task, "fitted_size"):
-                task.fitted_size()  # size the haystack now: a length too short for a task shows up here
-            into.append(task)
-        except (DataMissing, PromptTooLong) as e:
-            # these suites read only configured paths (unset: skipped or not run, never "missing")
-            skipped.append({"task": name, "reason": str(e),
-                            "missing": isinstance(e, DataMissing) and name.startswith(GIVEN_DATA)})
-
-    r = cfg.ruler
-    data = RulerData(essays=r.essays, squad=r.squad, hotpotqa=r.hotpotqa)
-    if r.enabled:
-        for length in r.lengths:
-            for name in r.tasks:
-                add(tasks, f"ruler/{length}/{name}",
-                    lambda name=name, length=length: RulerTask(name, length, fmt, r.num_samples, r.seed, data))
-        if r.depth_sweep:
-            for length in r.lengths:
-                for depth in r.depths:
-                    add(sweep, f"ruler/{length}/{r.depth_task}_depth{depth:g}",
-                        lambda length=length, depth=depth: RulerTask(r.depth_task, length, fmt, r.depth_samples,
-                                                                      r.seed, data, depth=depth))
-    ib = cfg.infinitebench
-    if ib.enabled:
-        for name in ib.tasks:
-            path = ib.files.get(name) or (Path(ib.data_dir) / DEFAULT_FILES[name] if ib.data_dir else None)
-            if path is None:
-                skipped.append({"task": f"infinitebench/{name}",
-                                "reason": "no data: set infinitebench.data_dir or infinitebench.files"})
-                continue
-            add(tasks, f"infinitebench/{name}",
-                lambda name=name, path=path: InfiniteBenchTask(
-                    name, path, fmt, ib.max_length, ib.num_samples, ib.rouge_stemmer, ib.truncation, ib.system_prompt))
-    h = cfg.helmet
-    for name, (path, demo) in helmet_files(cfg).items():
-        kind = HELMET_KINDS.get(name) or HELMET_KINDS[helmet.CATEGORY[name]]
-        add(tasks, f"helmet/{name}", lambda name=name, path=path, demo=demo, kind=kind: kind.from_config(
-            name, path, demo, fmt, h))
-    lb = cfg.longbench_v2
-    if lb.enabled and lb.data:
-        add(tasks, "longbench_v2/0shot", lambda: LongBenchV2Task(lb.data, fmt, lb.max_length, lb.num_samples))
-    if cfg.toy.enabled:
-        if "toy" not in TASK_SUITES:
-            raise InputError("toy.enabled=true: no task suite 'toy' is registered here (the demo registers it: "
-                             "longpo.demo.extensions.register())")
-        tasks += TASK_SUITES["toy"].build(cfg.toy, fmt)
-    return tasks, sweep, skipped
+    """(main tasks, tasks that go after them, skipped) of the task suites that run; a task whose data or
+    length does not work is skipped with its reason."""
+    tasks, after, skipped = [], [], []
+    for name, suite in active_suites(cfg).items():
+        if suite.once:
+            continue
+        settings = section(cfg, name)
+        for into, built in ((tasks, suite.build(settings, fmt)), (after, suite.build_after(settings, fmt))):
+            for item in built:
+                (skipped if isinstance(item, Skipped) else into).append(item)
+    return tasks, after, skipped
 
 
-def judge_narrativeqa(cfg: Config, fmt: Any, results: list[dict], out: Path) -> None:
-    """helmet.judge: HELMET's GPT-4o rubric over the NarrativeQA predictions, put in its result as extra["judge"]."""
-    for result in results:
-        if result.get("suite") == "helmet" and result["task"] == "narrativeqa" and result["n"]:
-            score = narrativeqa_judge(result, JudgeClient(cfg.judge), fmt.chat_template,
-                                      out / "helmet_narrativeqa_judge.jsonl", cfg.progress)
-            if score is not None:
-                result.setdefault("extra", {})["judge"] = score
+def report_skipped(skipped: list[dict]) -> None:
+    for s in skipped:
+        print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
 
 
 def main(cfg: Config) -> int:
@@ -279,44 +182,43 @@ def main(cfg: Config) -> int:
     write_resolved_config(cfg, out)
     results: list[dict] = []
     skipped: list[dict] = list(beyond)
-    judged: dict = {}
+    ran: dict[str, Any] = {}  # what each self-running suite returned
+    active = active_suites(cfg)
     backend = LazyBackend(cfg)  # loaded once, and only when something needs generating
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.sampling_seed)
+    fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt) \
+        if any(s.needs_format for s in active.values()) else None
+    ctx = EvalContext(cfg=cfg, fmt=fmt, out=out, sampling=sampling, backend=backend, skipped=skipped)
+
+    def run_own(name: str) -> None:
+        before = len(skipped)
+        value = active[name].run(section(cfg, name), ctx)
+        if value is not None:
+            ran[name] = value
+        report_skipped(skipped[before:])
+
     try:
-        sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.ruler.seed)
-        generative = (cfg.ruler.enabled, cfg.infinitebench.enabled, cfg.toy.enabled,
-                      cfg.longbench_v2.enabled and bool(cfg.longbench_v2.data), bool(helmet_files(cfg)))
-        judged_on = (cfg.mt_bench.enabled or cfg.longbench_chat.enabled) and cfg.num_shards == 1
-        if any(generative) or judged_on:
-            fmt = PromptFormat(eval_tokenizer(cfg), cfg.chat_template, cfg.system_prompt)
-        if any(generative):
-            tasks, sweep, built_skipped = build_tasks(cfg, fmt)
+        if any(not s.once for s in active.values()):
+            tasks, after, built_skipped = build_tasks(cfg, fmt)
             skipped += built_skipped
-            for s in skipped:
-                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
-            mine = (tasks + sweep)[cfg.shard_index::cfg.num_shards]  # this job's share of the tasks
+            report_skipped(skipped)
+            mine = (tasks + after)[cfg.shard_index::cfg.num_shards]  # this job's share of the tasks
             if mine:
                 results = evaluate(backend, mine, out, sampling, cfg.batch_size, cfg.progress)
-            if cfg.helmet.judge and cfg.num_shards == 1:  # once, in the summary run of sharded jobs
-                judge_narrativeqa(cfg, fmt, results, out)
-        if judged_on:  # judged benchmarks run once, in the summary run of sharded jobs
-            before = len(skipped)
-            judged = run_judged(cfg, fmt, lambda: backend, out, sampling, skipped)
-            for s in skipped[before:]:
-                print(f"longpo eval: skipped {s['task']}: {s['reason']}", file=sys.stderr)
+            if cfg.num_shards == 1:  # once, in the summary run of sharded jobs
+                for name, suite in active.items():
+                    suite.after_evaluate(section(cfg, name), [r for r in results if r.get("suite") == name], ctx)
+        for name in [n for n, s in active.items() if s.once and not s.own_model]:
+            run_own(name)
     finally:
         backend.close()
-    short = None
-    if cfg.short.enabled and cfg.num_shards == 1:  # lm-eval runs once, in the summary run of sharded jobs
-        from longpo.eval.lm_eval import run_short_tasks
-
-        s = cfg.short
-        short = run_short_tasks(cfg.model, dict(s.tasks), out, s.include_path, dict(s.dataset_paths),
-                                s.batch_size, s.limit, s.dtype, offline=s.offline)
-    summary = summarize(results, skipped, short, judged)
+    for name in [n for n, s in active.items() if s.once and s.own_model]:
+        run_own(name)
+    summary = summarize(results, skipped, ran)
     summary["model"] = cfg.model
     paths = write_summary(summary, out, title=f"longpo eval: {cfg.model}")
-    if "niah_depth" in summary:
-        plot_niah_heatmap(summary["niah_depth"], out / "niah_depth.png")
+    for suite in TASK_SUITES.values():
+        suite.write_figures(summary, out)
     print(paths["md"].read_text(encoding="utf-8"))
-    check_ran(cfg, results, skipped, short, judged)
+    check_ran(cfg, results, skipped, ran)
     return 0

@@ -153,14 +153,8 @@ def test_report_has_helmet_columns(tmp_path, tokenizer, kv_file, kilt, scripted_
 
 def test_config_builds_the_given_tasks_only(tokenizer, kv_file, kilt, tmp_path):
     """`longpo eval` runs a HELMET task or LongBench v2 only when its file is given; the rest are not listed."""
-    from longpo.eval.run import (
-        Config,
-        HelmetConfig,
-        InfiniteBenchConfig,
-        LongBenchV2Config,
-        RulerConfig,
-        build_tasks,
-    )
+    from longpo.eval.config import Config, HelmetConfig, InfiniteBenchConfig, LongBenchV2Config, RulerConfig
+    from longpo.eval.run import build_tasks
 
     test, demo, _ = kilt
     lb2 = tmp_path / "data.json"

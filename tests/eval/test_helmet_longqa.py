@@ -72,8 +72,9 @@ def test_choice_and_qa_scores(tokenizer, books):
 
 def test_config_and_report_columns(tokenizer, books, tmp_path, scripted_backend):
     """helmet.data_dir finds infinitebench/longbook_{qa,choice}_eng.jsonl; the HELMET table gets InfBench QA / MC."""
+    from longpo.eval.config import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig
     from longpo.eval.report import compare, summarize, to_markdown
-    from longpo.eval.run import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig, build_tasks
+    from longpo.eval.run import build_tasks
     from longpo.eval.runner import evaluate
 
     path, _ = books

@@ -165,8 +165,9 @@ def test_config_report_and_compare(tokenizer, splits, tmp_path, scripted_backend
     """helmet.data_dir finds narrativeqa/{test,train}.jsonl (too short for HELMET's 131072 tokens here: skipped
     with the reason); the HELMET table gets NarrativeQA, its F1 and sub-EM, and the judge score and LongQA avg
     when given."""
+    from longpo.eval.config import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig
     from longpo.eval.report import compare, summarize, to_markdown
-    from longpo.eval.run import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig, build_tasks
+    from longpo.eval.run import build_tasks
     from longpo.eval.runner import evaluate
 
     (test_path, train_path), _, _ = splits
@@ -198,10 +199,11 @@ def test_config_report_and_compare(tokenizer, splits, tmp_path, scripted_backend
 
 
 def test_eval_run_puts_the_judge_score_in_the_result(tokenizer, splits, tmp_path, scripted_backend):
-    """helmet.judge=true: `longpo eval` judges the NarrativeQA predictions once (run.judge_narrativeqa) and puts
+    """helmet.judge=true: `longpo eval` judges the NarrativeQA predictions once (suites.helmet.judge_narrativeqa) and puts
     fluency x correctness x 100 / 3 into the result's extra['judge']; other tasks are left alone."""
-    from longpo.eval.run import Config, HelmetConfig, judge_narrativeqa
+    from longpo.eval.config import Config, HelmetConfig
     from longpo.eval.runner import evaluate
+    from longpo.eval.suites.helmet import judge_narrativeqa
 
     (test_path, train_path), _, _ = splits
     task = NarrativeQATask(test_path, PromptFormat(tokenizer, chat_template=True), train_path, shots=2,

@@ -172,7 +172,8 @@ def test_report_has_rerank_and_icl_columns(tmp_path, tokenizer, msmarco, trec, s
 def test_config_finds_rerank_and_icl_files_under_data_dir(tokenizer, msmarco, trec, tmp_path):
     """helmet.data_dir: msmarco/ as HELMET's download script unpacks it, icl/<dataset>/{train,test}.jsonl written
     locally; ICL shots per task from helmet.icl_shots, else HELMET's 131072-token counts."""
-    from longpo.eval.run import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig, build_tasks
+    from longpo.eval.config import Config, HelmetConfig, InfiniteBenchConfig, RulerConfig
+    from longpo.eval.run import build_tasks
 
     test, demo, _ = msmarco
     (train_path, test_path), _, test_rows = trec

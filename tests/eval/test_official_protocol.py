@@ -13,8 +13,8 @@ import re
 
 import pytest
 
+from longpo.eval.config import InfiniteBenchConfig
 from longpo.eval.fitting import PromptFormat
-from longpo.eval.run import InfiniteBenchConfig
 from longpo.eval.runner import evaluate
 from longpo.eval.tasks.infinitebench import InfiniteBenchTask, truncate_official
 from longpo.eval.tasks.ruler import RulerTask, qa_documents

@@ -106,13 +106,14 @@ def _result(task, length, score, suite="ruler", **kw):
 
 
 def test_summary_groups_as_in_the_paper(tmp_path):
-    from longpo.eval.report import RULER_GROUPS
+    from longpo.eval.suites.ruler import RULER_GROUPS
 
     results = []
     for i, task in enumerate(RULER_GROUPS["AVG"]):
         results += [_result(task, 4096, 10.0 * (i % 5)), _result(task, 8192, 50.0)]
     results += [_result("en_qa", 131072, 30.0, suite="infinitebench"), _result("en_mc", 131072, 60.0, suite="infinitebench")]
-    s = summarize(results, [{"task": "infinitebench/en_sum", "reason": "no data"}], {"mmlu": 40.0, "winogrande": 60.0})
+    s = summarize(results, [{"task": "infinitebench/en_sum", "reason": "no data"}],
+                  {"short": {"mmlu": 40.0, "winogrande": 60.0}})
     g = s["ruler"]["groups"]
     niah = [10.0 * (i % 5) for i in range(8)]
     assert g["NIAH"]["4096"] == pytest.approx(sum(niah) / 8)
@@ -152,7 +153,8 @@ def test_niah_heatmap_png(tmp_path):
 
 def test_stage_skips_tasks_whose_data_is_missing(tmp_path, fmt):
     from longpo.config import load_config
-    from longpo.eval.run import Config, build_tasks
+    from longpo.eval.config import Config
+    from longpo.eval.run import build_tasks
 
     cfg = load_config(Config, None, ["model=unused", "ruler.tasks=niah_single_1,niah_single_2",
                                      "ruler.lengths=[1024]", "ruler.num_samples=2",
