@@ -133,6 +133,8 @@ class ShortConfig:
     batch_size: int = help_field(8, "lm-eval batch size")
     limit: int | None = help_field(None, "examples per task (None: all)")
     dtype: str = help_field("auto", "model dtype for lm-eval's HF model")
+    device: str | None = help_field(None, "device for lm-eval's HF model (cuda, cuda:1, cpu); None: cuda when "
+                                          "there is one, else cpu")
     offline: bool = help_field(True, "set HF_DATASETS_OFFLINE / HF_HUB_OFFLINE for lm-eval")
 
 

@@ -64,7 +64,7 @@ def run_short_tasks(model_path: str, tasks: dict[str, int], out_dir: str | os.Pa
                     offline: bool = True) -> dict[str, float]:
     """Run each `task: num_fewshot` with lm-eval's HF model on a local checkpoint; scores x100.
 
-    Raw lm-eval results go to `out_dir/short/<task>.json`; a task already there is not rerun.
+    `device` None: cuda when there is one, else cpu. Raw lm-eval results go to `out_dir/short/<task>.json`; a task already there is not rerun.
     """
     from longpo.files import atomic_write_json
 
@@ -79,9 +79,11 @@ def run_short_tasks(model_path: str, tasks: dict[str, int], out_dir: str | os.Pa
     if include_path is not None and not Path(include_path).is_dir():
         raise FileNotFoundError(f"short.include_path {include_path} is not a folder")
     manager = TaskManager(include_path=include_path)
-    model_args = {"pretrained": str(model_path), "dtype": dtype}
-    if device:
-        model_args["device"] = device
+    if device is None:  # lm-eval's own default is "cuda", which a CPU-only torch cannot load onto
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_args = {"pretrained": str(model_path), "dtype": dtype, "device": device}
     scores: dict[str, float] = {}
     import json
 

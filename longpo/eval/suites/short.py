@@ -26,7 +26,7 @@ class ShortSuite(TaskSuite):
         from longpo.eval.lm_eval import run_short_tasks
 
         return run_short_tasks(ctx.cfg.model, dict(s.tasks), ctx.out, s.include_path, dict(s.dataset_paths),
-                               s.batch_size, s.limit, s.dtype, offline=s.offline)
+                               s.batch_size, s.limit, s.dtype, s.device, offline=s.offline)
 
     def summarise(self, results: list[dict], ran: Any) -> dict[str, Any]:
         return {"short": {**ran, "avg": mean(list(ran.values()))}} if ran else {}
