@@ -193,6 +193,13 @@ def test_judged_benchmarks_end_to_end(tmp_path, checkpoint, monkeypatch, capsys,
     assert re.search(r"LongBench-Chat overall\s+6\.50\s+6\.50", table)
     _assert_key_nowhere(out, table, caplog.text)
 
+    # the question and case files are the run's inputs: another file is another run, refused before any work
+    paths = _write_inputs(tmp_path / "in")
+    paths["cases"].write_text(paths["cases"].read_text().replace("Q-TWO", "Q-2"))
+    assert cli_main(["eval", *_args(checkpoint, paths, out, "http://127.0.0.1:9")]) == 2
+    assert "longbench_chat.test_cases" in capsys.readouterr().err
+    assert (out / "mt_bench" / "judgements.jsonl").exists() and (out / "longbench_chat").is_dir()
+
 
 def test_kill_9_mid_judging_then_rerun_resumes_without_rejudging(tmp_path, checkpoint, monkeypatch, capsys):
     """A `longpo eval` subprocess is killed with SIGKILL after 3 judgements are saved; the rerun judges only

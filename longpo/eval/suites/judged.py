@@ -18,6 +18,7 @@ from longpo.eval.tasks.base import EvalContext, TaskSuite
 
 class JudgedSuite(TaskSuite):
     once = True
+    inputs_checked = False  # a missing file skips the benchmark with its reason (not refused), as before
     digits = 2
     name = ""     # its section, and the folder of its answers and judgements in out_dir
     module: Any = None  # its `run(section, client, get_backend, fmt, out_dir, sampling, batch_size, progress)`
@@ -43,6 +44,10 @@ class JudgedSuite(TaskSuite):
 
 class MTBenchSuite(JudgedSuite):
     name, module = "mt_bench", mtbench
+    outputs = ("mt_bench",)
+
+    def inputs(self, s: Any) -> dict[str, str | None]:
+        return {"mt_bench.questions": s.questions, "mt_bench.reference_answers": s.reference_answers}
 
     def markdown(self, summary: dict) -> list[str]:
         if "mt_bench" not in summary:
@@ -65,6 +70,10 @@ class MTBenchSuite(JudgedSuite):
 
 class LongBenchChatSuite(JudgedSuite):
     name, module = "longbench_chat", longbench_chat
+    outputs = ("longbench_chat",)
+
+    def inputs(self, s: Any) -> dict[str, str | None]:
+        return {"longbench_chat.test_cases": s.test_cases, "longbench_chat.few_shots": s.few_shots}
 
     def markdown(self, summary: dict) -> list[str]:
         if "longbench_chat" not in summary:

@@ -18,6 +18,7 @@ class ShortSuite(TaskSuite):
     needs_format = False
     inputs_checked = False  # lm-eval reads them; run_short_tasks names a bad one
     outputs = ("short",)    # short/<task>.json: lm-eval's raw results, read back by a rerun
+    exempt = ("device",)    # where it runs, not what it predicts
 
     def inputs(self, s: Any) -> dict[str, str | None]:
         return {"short.include_path": s.include_path, **{f"short.dataset_paths.{k}": v for k, v in s.dataset_paths.items()}}
