@@ -163,7 +163,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def header(env: dict, command: str, samples: int) -> str:
-    seeds = sorted({s for s in env["seeds"]})
+    seeds = sorted(env["seeds"])
     return (f"`{command}`, {env['date']}: load average (1 / 5 / 15 min) {env['load_before']} before, "
             f"{env['load_after']} after; {env['threads']} torch threads on {env['cpu_count']} CPU cores; torch "
             f"{env['torch']}, transformers {env['transformers']}. Toy fact-lookup accuracy (%), mean ± sample "
@@ -218,7 +218,6 @@ def plot(rows: list[dict], path: Path) -> Path:
 def ablation(out: Path, modes: list[str], seeds: list[int], keys: list[str], command: str) -> dict:
     """Run (or resume) the data step and every cell; write and return the table."""
     import torch
-    import transformers
 
     from longpo.demo import run as demo
     from longpo.demo.extensions import register
