@@ -59,11 +59,13 @@ def reference_seconds(label: str, table: dict[str, float]) -> float:
 
 
 class DemoProgress:
-    """Times the demo's stages (`stage(label)`) and says where the demo is, with an ETA."""
+    """Times the demo's stages (`stage(label)`) and says where the demo is, with an ETA. `name`: what
+    the lines call the whole run (another script of stages, e.g. benchmarks/loss_ablation.py, names its own)."""
 
     def __init__(self, labels: list[str], table: dict[str, float] | None = None, heartbeat_s: float = 30.0,
-                 out: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+                 out: TextIO | None = None, clock: Callable[[], float] = time.monotonic, name: str = "demo"):
         self.labels = list(labels)
+        self.name = name
         table = REFERENCE_SECONDS if table is None else table
         self.reference = {label: reference_seconds(label, table) for label in self.labels}
         self.heartbeat_s = heartbeat_s
@@ -98,7 +100,7 @@ class DemoProgress:
 
     def say(self, message: str) -> None:
         # tqdm.write: clears an open bar (the stage's own) and draws it again below the line.
-        tqdm.write(f"longpo demo: {message}", file=self.out or sys.stderr)
+        tqdm.write(f"longpo {self.name}: {message}", file=self.out or sys.stderr)
 
     @contextmanager
     def stage(self, label: str, done: bool = False) -> Iterator[None]:
@@ -116,7 +118,7 @@ class DemoProgress:
         estimate = self.pace(now) * self.reference[label]
         self.current = (label, now)
         self.say(f"stage {number} {label} (~{format_seconds(estimate)} here); "
-                 f"{format_seconds(now - self.started)} elapsed, demo ETA {format_seconds(self.eta(now))}")
+                 f"{format_seconds(now - self.started)} elapsed, {self.name} ETA {format_seconds(self.eta(now))}")
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(label, number, stop), daemon=True)
         beat.start()
@@ -133,7 +135,7 @@ class DemoProgress:
         while not stop.wait(self.heartbeat_s):
             now = self.clock()
             self.say(f"stage {number} {label} running for {format_seconds(now - self.current[1])}; "
-                     f"{format_seconds(now - self.started)} elapsed, demo ETA {format_seconds(self.eta(now))}")
+                     f"{format_seconds(now - self.started)} elapsed, {self.name} ETA {format_seconds(self.eta(now))}")
 
     def summary(self) -> dict:
         """Wall time of the whole demo and of every stage run here (report/timings.json)."""

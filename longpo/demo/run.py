@@ -24,6 +24,7 @@ stages and resumes an unfinished one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import transformers
 
 from longpo import evolve
 from longpo.config import build_config, write_resolved_config
+from longpo.data import generate, reference
 from longpo.demo.config import Config  # there, so `longpo demo` checks it before torch loads
 from longpo.demo.corpus import write_corpus
 from longpo.demo.extensions import register
@@ -105,24 +107,47 @@ def baseline_labels(cfg: Config) -> list[str]:
     return [f"{loss}: {stage}" for loss in cfg.baselines for stage in ("train", "eval")]
 
 
+def first_pairs(cfg: Config, first: Any) -> Path:
+    """The first iteration's records with their reference log-probs: what the baselines train on."""
+    return Path(cfg.output_dir) / first.name / "pairs.jsonl"
+
+
+def first_iteration(cfg: Config, base: str) -> tuple[Any, list]:
+    """The demo's first iteration alone: its evolve config, and its data stages (generate -> reference)
+    as `longpo evolve` plans and runs them in the demo, each with its marker and inline (module, config)."""
+    ecfg = evolve_config(dataclasses.replace(cfg, iterations=cfg.iterations[:1]), base)
+    return ecfg, [s for s in evolve.plan(ecfg) if s.inline[0] in (generate, reference)]
+
+
+def baseline_configs(train: dict, ev: dict, base: str, pairs: Path, folder: Path, where: str) -> tuple[Any, Any]:
+    """A run from the base model on `pairs` with the `longpo train` keys `train` (into folder/train), and
+    the evaluation of its final model with the `longpo eval` keys `ev` (into folder/eval)."""
+    tcfg = build_config(trainer.Config, {**train, "model": base, "train_file": str(pairs),
+                                         "output_dir": str(folder / "train")}, f"{where}.train")
+    ecfg = build_config(eval_run.Config, {**ev, "model": str(folder / "train" / "final"),
+                                          "out_dir": str(folder / "eval")}, f"{where}.eval")
+    return tcfg, ecfg
+
+
+def train_and_eval(name: str, tcfg: Any, ecfg: Any, folder: Path, progress: DemoProgress) -> None:
+    """Train, then evaluate (stages `NAME: train`, `NAME: eval`); each is skipped when its marker in
+    `folder` says an earlier run finished it."""
+    with progress.stage(f"{name}: train", (folder / "train.done").exists()):
+        run_once(folder / "train.done", trainer.main, tcfg)
+    with progress.stage(f"{name}: eval", (folder / "eval.done").exists()):
+        run_once(folder / "eval.done", eval_run.main, ecfg)
+
+
 def run_baselines(cfg: Config, ecfg: Any, progress: DemoProgress) -> list[dict]:
     """SFT and DPO from the base model on the first iteration's pairs, same keys as LongPO's run."""
     first = ecfg.iterations[0]
-    pairs = Path(cfg.output_dir) / first.name / "pairs.jsonl"
     rows = []
     for loss in cfg.baselines:
         folder = Path(cfg.output_dir) / "baselines" / loss
-        tcfg = build_config(trainer.Config, {**first.train, "loss": loss, "model": ecfg.base_model,
-                                             "train_file": str(pairs), "output_dir": str(folder / "train")},
-                            f"baselines.{loss}.train")
-        with progress.stage(f"{loss}: train", (folder / "train.done").exists()):
-            run_once(folder / "train.done", trainer.main, tcfg)
-        final = str(folder / "train" / "final")
-        ev = build_config(eval_run.Config, {**first.eval, "model": final, "out_dir": str(folder / "eval")},
-                          f"baselines.{loss}.eval")
-        with progress.stage(f"{loss}: eval", (folder / "eval.done").exists()):
-            run_once(folder / "eval.done", eval_run.main, ev)
-        rows.append({"model": loss, "path": final, "eval": str(folder / "eval")})
+        tcfg, ev = baseline_configs({**first.train, "loss": loss}, first.eval, ecfg.base_model,
+                                    first_pairs(cfg, first), folder, f"baselines.{loss}")
+        train_and_eval(loss, tcfg, ev, folder, progress)
+        rows.append({"model": loss, "path": ev.model, "eval": str(folder / "eval")})
     return rows
 
 

@@ -45,16 +45,17 @@ def readme_block(run_dir: str | Path) -> str:
     return textwrap.fill(head, width=100, break_on_hyphens=False) + "\n\n" + markdown_table(table)
 
 
-def _span(text: str, where: str) -> tuple[int, int]:
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start or text.count(START) != 1 or text.count(END) != 1:
-        raise InputError(f"{where}: needs the lines {START} and {END} once each, in that order, around the demo's table")
-    return start + len(START), end
+def _span(text: str, where: str, markers: tuple[str, str] = (START, END)) -> tuple[int, int]:
+    begin, finish = markers
+    start, end = text.find(begin), text.find(finish)
+    if start < 0 or end < start or text.count(begin) != 1 or text.count(finish) != 1:
+        raise InputError(f"{where}: needs the lines {begin} and {finish} once each, in that order, around the table")
+    return start + len(begin), end
 
 
-def replace_block(text: str, block: str, where: str = "README.md") -> str:
-    """`text` with the lines between the markers replaced by `block`."""
-    start, end = _span(text, where)
+def replace_block(text: str, block: str, where: str = "README.md", markers: tuple[str, str] = (START, END)) -> str:
+    """`text` with the lines between the markers (the demo's, unless given) replaced by `block`."""
+    start, end = _span(text, where, markers)
     return text[:start] + "\n" + block.strip("\n") + "\n" + text[end:]
 
 
@@ -63,7 +64,7 @@ def rows_of(markdown: str) -> list[str]:
     return [line.strip() for line in markdown.splitlines() if line.strip().startswith("|")]
 
 
-def table_rows(text: str, where: str = "README.md") -> list[str]:
-    """The table lines between the markers: what a fresh demo must reproduce to the digit."""
-    start, end = _span(text, where)
+def table_rows(text: str, where: str = "README.md", markers: tuple[str, str] = (START, END)) -> list[str]:
+    """The table lines between the markers: what a fresh run must reproduce to the digit."""
+    start, end = _span(text, where, markers)
     return rows_of(text[start:end])
