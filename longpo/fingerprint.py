@@ -122,15 +122,21 @@ def _show(value: Any) -> str:
 
 def differences(old: dict, new: dict) -> list[str]:
     """`key: old -> new` for every key whose value differs (inputs as `inputs.<name> (content)`)."""
+    def value(tree: dict, key: str) -> Any:
+        # an empty section is no keys at all: `generate: {}` before and `generate: {progress: false}` now
+        # (progress exempt, so the section flattens to nothing) are the same run
+        v = tree.get(key, "<absent>")
+        return "<absent>" if v == {} else v
+
     out = []
     for section in ("settings", "inputs"):
         a, b = old.get(section, {}), new.get(section, {})
         for key in sorted(set(a) | set(b)):
-            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            if value(a, key) != value(b, key):
                 if section == "inputs":
                     out.append(f"inputs.{key} (its files changed)")
                 else:
-                    out.append(f"{key}: {_show(a.get(key, '<absent>'))} -> {_show(b.get(key, '<absent>'))}")
+                    out.append(f"{key}: {_show(value(a, key))} -> {_show(value(b, key))}")
     return out
 
 

@@ -250,3 +250,19 @@ def test_a_fingerprint_of_an_older_scheme_compares_settings_only(tmp_path):
     guard("train", tmp_path, cfg, inputs={"model": "digest-b"})  # digests of another scheme: not compared
     with pytest.raises(FingerprintMismatch, match="learning_rate: 0.1 -> 0.2"):
         guard("train", tmp_path, {"learning_rate": 0.2}, inputs={"model": "digest-b"})
+
+
+def test_an_exempt_key_in_an_empty_section_resumes(tmp_path):
+    """`generate: {}` before, `generate: {progress: false}` now: the exempt key leaves an empty section, which
+    is the same run (an older fingerprint kept the empty dict as a value)."""
+    from longpo.demo import run as demo
+
+    demo.check_rerun(build_config(demo.Config, {"output_dir": str(tmp_path / "d")}))
+    demo.check_rerun(build_config(demo.Config, {"output_dir": str(tmp_path / "d"), "generate": {"progress": False},
+                                                "eval": {"progress": False}}))
+    with pytest.raises(FingerprintMismatch, match=r"generate.seed: \"<absent>\" -> 3"):
+        demo.check_rerun(build_config(demo.Config, {"output_dir": str(tmp_path / "d"), "generate": {"seed": 3}}))
+    guard("s", tmp_path, {"a": {}, "b": 1})
+    guard("s", tmp_path, {"b": 1})
+    with pytest.raises(FingerprintMismatch, match=r"a.k: \"<absent>\" -> 2"):
+        guard("s", tmp_path, {"a": {"k": 2}, "b": 1})
