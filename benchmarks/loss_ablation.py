@@ -179,7 +179,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from longpo.demo.run import LINESTYLES
+    from longpo.demo.run import LINESTYLES, length_axis
     from longpo.demo.run import MARKERS as DOTS
 
     lengths = [c for c in rows[0]["mean"] if c != "short"]
@@ -191,13 +191,7 @@ def plot(rows: list[dict], path: Path) -> Path:
                     yerr=[r["std"][c] or 0.0 for c in lengths], marker=DOTS[i % len(DOTS)],
                     linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=5, linewidth=1.3, capsize=3,
                     label=r["mode"], color=f"C{i}")
-    ax.set_xticks(range(len(lengths)), [str(c) for c in lengths])
-    ax.set_xlabel("document length (tokens)")
-    ax.set_ylabel("fact lookup accuracy (%)")
-    ax.set_ylim(-3, 103)
-    ax.set_title("long documents", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    length_axis(ax, lengths)
     ys = list(range(len(rows)))[::-1]
     for i, (y, r) in enumerate(zip(ys, rows)):
         short.errorbar([r["mean"]["short"]], [y], xerr=[r["std"]["short"] or 0.0], marker=DOTS[i % len(DOTS)],

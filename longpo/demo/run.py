@@ -189,6 +189,17 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
+def length_axis(ax: Any, lengths: list) -> None:
+    """The long-documents panel: one step per length, accuracy from 0 to 100, the legend low on the left."""
+    ax.set_xticks(range(len(lengths)), [str(k) for k in lengths])
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("fact lookup accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title("long documents", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+
+
 def plot_accuracy(table: list[dict], path: Path) -> Path | None:
     """Two panels: accuracy against document length, one line per model (distinct markers and line
     styles, each model shifted a little sideways so that equal values stay visible); and accuracy
@@ -209,13 +220,7 @@ def plot_accuracy(table: list[dict], path: Path) -> Path | None:
         ax.plot([j + shift for j in range(len(lengths))], [r["accuracy"][k] for k in lengths],
                 marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=6,
                 linewidth=1.5, label=r["model"], color=f"C{i}")
-    ax.set_xticks(range(len(lengths)), [str(k) for k in lengths])
-    ax.set_xlabel("document length (tokens)")
-    ax.set_ylabel("fact lookup accuracy (%)")
-    ax.set_ylim(-3, 103)
-    ax.set_title("long documents", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    length_axis(ax, lengths)
     if all("short" in r["accuracy"] for r in table):
         # Dots, not bars: the models differ by a few points near 100, which bars from 0 would hide.
         ys = list(range(len(table)))[::-1]
