@@ -184,6 +184,12 @@ def check_rope(it: Iteration, cfgs: dict[str, Any], current: Rope) -> Rope:
     the policy's RoPE: type, base, factor and max positions all equal to train's."""
     gen, train = cfgs["generate"], cfgs["train"]
     policy = current.override(train.rope_theta, train.max_position_embeddings)
+    held = current.max_position_embeddings
+    if it.target_length and held and it.target_length > held and train.rope_theta is None and current.rope_theta:
+        raise InputError(f"iteration {it.name}: target_length={it.target_length} is past the {held} positions the "
+                         f"model holds, but the policy keeps its RoPE base {current.rope_theta:g} (no rope_theta): "
+                         "set the iteration's rope_theta (LongPO raises the base, e.g. 1e7 for Mistral-7B at 128K), "
+                         "or train.rope_theta to keep a base on purpose")
     if not backend_spec(gen.backend).rope_override:  # a served model: its RoPE is the server's
         return policy
     if gen.rope_theta is None and gen.max_position_embeddings is None:

@@ -84,3 +84,20 @@ def test_the_plan_chains_each_iteration_from_the_previous_trained_rope(tmp_path:
     with pytest.raises(InputError, match=r"it2.eval: ruler.lengths \[32768\] exceed the trained model's "
                                          r"max_position_embeddings \(16384\)"):
         evolve.plan(cfg)  # the eval check now knows the length of a model trained by an earlier iteration
+
+
+def test_a_target_past_the_models_positions_needs_a_rope_base(tmp_path: Path):
+    """target_length beyond what the model holds with no rope_theta: the policy would train past its positions
+    on its own base, silently; refused in one line. train.rope_theta set keeps a base on purpose."""
+    model = evolve.Rope("default", 1e4, None, 4096)
+    bare = iteration({}, {}, target_length=8192)
+    cfg = build_config(evolve.Config, {"base_model": "m", "iterations": [bare]})
+    with pytest.raises(InputError, match=r"^iteration it1: target_length=8192 is past the 4096 positions the model "
+                                         r"holds, but the policy keeps its RoPE base 10000 \(no rope_theta\)"):
+        check(cfg.iterations[0], model, tmp_path)
+    kept = iteration({"rope_theta": 1e4}, {"rope_theta": 1e4}, target_length=8192)
+    cfg = build_config(evolve.Config, {"base_model": "m", "iterations": [kept]})
+    assert check(cfg.iterations[0], model, tmp_path) == evolve.Rope("default", 1e4, None, 8192)
+    within = iteration({}, {}, target_length=4096)
+    cfg = build_config(evolve.Config, {"base_model": "m", "iterations": [within]})
+    assert check(cfg.iterations[0], model, tmp_path) == evolve.Rope("default", 1e4, None, 4096)
