@@ -85,8 +85,7 @@ def check_rerun(cfg: DemoConfig, out: Path, base: str) -> None:
     from longpo.demo.run import FINGERPRINT_EXEMPT
 
     tree = {**config_to_dict(cfg), "iterations": cfg.iterations[:1]}
-    # Without the sections an exempt key leaves empty: `generate.progress=false` or not, `generate` is the same.
-    keys = {k: v for k, v in settings(tree, (*FINGERPRINT_EXEMPT, *NOT_USED)).items() if v != {}}
+    keys = settings(tree, (*FINGERPRINT_EXEMPT, *NOT_USED))  # an empty section compares as absent (guard)
     guard("loss_ablation", out, keys, (), {"base_model": identity(base)}, cfg.overwrite, lambda: remove(out, OUTPUTS))
 
 

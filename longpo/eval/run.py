@@ -45,9 +45,16 @@ def section(cfg: Config, name: str) -> Any:
     return getattr(cfg, name) if hasattr(cfg, name) else cfg.suites.get(name, {})
 
 
+def suite_inputs(cfg: Config, checked_only: bool = False) -> dict[str, str | None]:
+    """Config key -> the file or folder each suite reads (with `checked_only`, of the suites that want it
+    checked to exist before anything loads)."""
+    return {k: v for name, suite in TASK_SUITES.items() if suite.inputs_checked or not checked_only
+            for k, v in suite.inputs(section(cfg, name)).items()}
+
+
 def check_rerun(cfg: Config) -> None:
     """A rerun into out_dir resumes only with the same settings and inputs (longpo.fingerprint)."""
-    paths = {k: v for name, suite in TASK_SUITES.items() for k, v in suite.inputs(section(cfg, name)).items()}
+    paths = suite_inputs(cfg)
     if backend_spec(cfg.backend).local_model:
         paths |= {"model": cfg.model}
     inputs = {k: identity(v) for k, v in paths.items()} | {"tokenizer": identity(cfg.tokenizer)}
@@ -93,8 +100,7 @@ def check_inputs(cfg: Config) -> None:
     if cfg.tokenizer and not Path(cfg.tokenizer).exists():
         raise InputError(f"tokenizer: {cfg.tokenizer} does not exist")
     check_registered(cfg)
-    given = {k: v for name, suite in TASK_SUITES.items() if suite.inputs_checked
-             for k, v in suite.inputs(section(cfg, name)).items()}
+    given = suite_inputs(cfg, checked_only=True)
     absent = [f"{k}={v}" for k, v in given.items() if v and not Path(v).expanduser().exists()]
     if absent:
         raise InputError(f"{', '.join(absent)}: no such file or folder; fix the path, or unset it to skip the task")
