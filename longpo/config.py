@@ -48,7 +48,8 @@ def help_field(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) ->
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """`tree` with `value` at the dotted key ("a.b.c"), its sections made where absent."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -72,7 +73,7 @@ def parse_overrides(overrides: list[str], sources: Sources | None = None) -> dic
         except yaml.YAMLError as e:
             raise ConfigError(f"{COMMAND_LINE}: {item}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
                               f"quote it, e.g. {key}='...'") from None
-        _set_dotted(tree, key.strip(), value)
+        set_dotted(tree, key.strip(), value)
         if sources is not None:
             sources.update(dict.fromkeys(_key_paths(value, key.strip()), COMMAND_LINE))
     return tree

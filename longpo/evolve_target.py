@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longpo.backends import DEFAULT_BACKEND, backend_spec
+from longpo.config import set_dotted
 
 RULER_START = 4096  # RULER's shortest standard length
 BEYOND_TARGET = ("train.max_length", "generate.min_doc_tokens", "generate.max_doc_tokens")  # may exceed T, when listed
@@ -65,14 +66,6 @@ def _get(stages: dict, key: str) -> tuple[bool, Any]:
 def _given_or(stages: dict, key: str, default: Any) -> Any:
     given, value = _get(stages, key)
     return value if given else default
-
-
-def _set(stages: dict, key: str, value: Any) -> None:
-    *path, last = key.split(".")
-    node = stages
-    for part in path:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def derived_keys(stages: dict, target: int | None, rope_theta: float | None, previous: int | None) -> dict[str, Any]:
@@ -143,6 +136,6 @@ def expand(name: str, stages: dict[str, dict], target: int | None, rope_theta: f
         if given:
             marks.append(Mark(key, set_value, check_set(name, key, set_value, value, target, rope_theta, beyond)))
         else:
-            _set(out, key, value)
+            set_dotted(out, key, value)
             marks.append(Mark(key, value, "derived"))
     return out, marks
